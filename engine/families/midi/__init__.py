@@ -1,0 +1,1 @@
+"""lora3d package."""
