@@ -1,0 +1,274 @@
+"""Provides profile loading: YAML (safe), dotted `--set` overrides, family keys, all errors collected.
+
+Every problem is reported at once as one ProfileError whose lines read
+`<file>: <key> <what is wrong>, got <value>. <fix>.`; nothing here raises anything else.
+Relative paths in a profile are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError, create_model
+
+from engine.errors import ProfileError
+from engine.families.registry import family_names, get_family
+from engine.profile import schema
+
+# Pointcept-style `--options` keys users of the seed's command line type, mapped onto profile keys.
+OPTION_ALIASES = {
+    "save_path": "output.dir",
+    "lora_training.pretrained_path": "model.pretrained",
+    "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
+    "lora.rank": "lora.r",
+    "epoch": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+}
+
+_SECTIONS = {
+    "model": schema.ModelSection,
+    "lora": schema.LoraSection,
+    "data": schema.DataSection,
+    "train": schema.TrainSection,
+    "output": schema.OutputSection,
+    "launch": schema.LaunchSection,
+    "hardware": schema.HardwareSection,
+}
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value as YAML would read it, plus floats YAML 1.1 misses (`2e-4`)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`["lora.r=8", "train.lr=2e-4"]` -> `[("lora.r", 8), ("train.lr", 0.0002)]` (aliases mapped)."""
+    pairs = []
+    errors = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            errors.append(f"override {item!r}: expected KEY=VALUE, e.g. `lora.r=8`.")
+            continue
+        pairs.append((OPTION_ALIASES.get(key, key), parse_value(value.strip())))
+    if errors:
+        raise ProfileError("\n".join(errors))
+    return pairs
+
+
+def apply_overrides(data: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Sets each dotted key in a copy of `data`, creating sections as needed."""
+    data = copy.deepcopy(data)
+    for key, value in pairs:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path` (safe loader); ProfileError for missing, unreadable or non-mapping files."""
+    if not path.exists():
+        raise ProfileError(f"{path}: profile not found. Check the path, or list shipped profiles with `ls profiles/`.")
+    if path.is_dir():
+        raise ProfileError(f"{path}: is a folder, not a profile. Pass a .yaml file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot be read as UTF-8 text ({exc}). Save the profile as a UTF-8 YAML file.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(f"{path}: invalid YAML{where}: {problem}. Fix the syntax (indentation, colons, quotes).") from None
+    if data is None:
+        raise ProfileError(f"{path}: the profile is empty. Start from one in `profiles/`, e.g. profiles/demo-scenesplat.yaml.")
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a YAML mapping of sections, got a {type(data).__name__}.")
+    return data
+
+
+def _section_class(base: type[BaseModel], extra: type[BaseModel] | None) -> type[BaseModel]:
+    if extra is None:
+        return base
+    fields = {name: (info.annotation, info) for name, info in extra.model_fields.items()}
+    return create_model(f"{base.__name__}With{extra.__name__}", __base__=base, **fields)
+
+
+def profile_class(family_name: str | None) -> type[schema.Profile]:
+    """The Profile class with the family's own `model` and `data` keys merged in."""
+    if family_name is None or family_name not in family_names():
+        return schema.Profile
+    family = get_family(family_name)
+    if family.model_options is None and family.data_options is None:
+        return schema.Profile
+    model_cls = _section_class(schema.ModelSection, family.model_options)
+    data_cls = _section_class(schema.DataSection, family.data_options)
+    return create_model(
+        f"{type(family).__name__}Profile",
+        __base__=schema.Profile,
+        model=(model_cls, ...),
+        data=(data_cls, data_cls()),
+    )
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at `loc` (the parent of an unknown key)."""
+    for part in loc:
+        info = cls.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(info, "annotation", None)
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        models = [a for a in candidates if issubclass(a, BaseModel)]
+        if not models:
+            return []
+        cls = models[0]
+    return list(cls.model_fields)
+
+
+def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        parent = ".".join(str(p) for p in loc[:-1])
+        if close:
+            suggestion = f"Did you mean `{parent + '.' if parent else ''}{close[0]}`?"
+        else:
+            suggestion = f"Valid keys here: {', '.join(f'`{k}`' for k in allowed)}."
+        return f"{source}: unknown key `{key}`. {suggestion}"
+    if kind == "missing":
+        return f"{source}: `{key}` is required. Add it (see profiles/ for examples)."
+    msg = err["msg"]
+    if kind.startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+        return f"{source}: {msg}." if loc == () else f"{source}: `{key}` {msg}."
+    hint = {
+        "greater_than_equal": "Use a larger value",
+        "greater_than": "Use a larger value",
+        "less_than": "Use a smaller value",
+        "less_than_equal": "Use a smaller value",
+        "literal_error": "Use one of the listed values",
+        "int_parsing": "Use a whole number",
+        "int_type": "Use a whole number",
+        "int_from_float": "Use a whole number",
+        "float_parsing": "Use a number",
+        "float_type": "Use a number",
+        "bool_parsing": "Use true or false",
+        "bool_type": "Use true or false",
+        "list_type": "Use a YAML list, e.g. [3, 4]",
+        "model_type": "Use a mapping of keys",
+        "dict_type": "Use a mapping of keys",
+        "string_type": "Use a text value",
+        "path_type": "Use a file or folder path",
+    }.get(kind, "Fix the value")
+    return f"{source}: `{key}` {msg[0].lower() + msg[1:]}, got {value!r}. {hint}."
+
+
+def validate_profile(data: dict[str, Any], source: str = "<profile>") -> schema.Profile:
+    """A validated Profile from plain data; ProfileError listing every problem otherwise."""
+    errors: list[str] = []
+    model = data.get("model")
+    family_name = model.get("family") if isinstance(model, dict) else None
+    if family_name is not None and family_name not in family_names():
+        close = difflib.get_close_matches(str(family_name), family_names(), n=1)
+        fix = f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(f'`{n}`' for n in family_names())}."
+        errors.append(f"{source}: `model.family` is not a known family, got {family_name!r}. {fix}")
+        family_name = None
+    cls = profile_class(family_name)
+    try:
+        profile = cls.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_format_error(source, cls, e) for e in exc.errors())
+        raise ProfileError("\n".join(errors)) from None
+    if errors:
+        raise ProfileError("\n".join(errors))
+    errors.extend(_check_cross_keys(profile, source))
+    if family_name is not None:
+        family = get_family(family_name)
+        errors.extend(f"{source}: {m}" for m in family.check_profile(profile))
+    if errors:
+        raise ProfileError("\n".join(errors))
+    return profile
+
+
+def _check_cross_keys(profile: schema.Profile, source: str) -> list[str]:
+    errors = []
+    if profile.data.root is not None and not profile.data.root.is_dir():
+        errors.append(
+            f"{source}: `data.root` folder does not exist, got {str(profile.data.root)!r}. "
+            "Point it at your dataset folder, or remove the key to use the built-in synthetic data."
+        )
+    if profile.model.pretrained is not None and not profile.model.pretrained.exists():
+        errors.append(
+            f"{source}: `model.pretrained` not found, got {str(profile.model.pretrained)!r}. "
+            "Point it at the base checkpoint file or folder, or remove the key for a random base."
+        )
+    if profile.train.epochs is None and profile.train.max_steps is None:
+        errors.append(f"{source}: set `train.epochs` or `train.max_steps`; both are empty.")
+    launch = profile.launch
+    if launch.machine_rank >= launch.num_machines:
+        errors.append(
+            f"{source}: `launch.machine_rank` must be below `launch.num_machines` ({launch.num_machines}), "
+            f"got {launch.machine_rank}. Number machines from 0."
+        )
+    if launch.num_processes < launch.num_machines:
+        errors.append(
+            f"{source}: `launch.num_processes` counts processes on all machines and must be at least "
+            f"`launch.num_machines` ({launch.num_machines}), got {launch.num_processes}."
+        )
+    if profile.lora.target_stages is not None and len(set(profile.lora.target_stages)) != len(profile.lora.target_stages):
+        errors.append(f"{source}: `lora.target_stages` lists a stage twice, got {profile.lora.target_stages}.")
+    return errors
+
+
+def load_profile(path: str | Path, overrides: list[str] | None = None) -> schema.Profile:
+    """Reads, overrides and validates a profile file."""
+    path = Path(path)
+    data = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, parse_overrides(overrides))
+    return validate_profile(data, source=str(path))
+
+
+def dump_profile(profile: schema.Profile) -> str:
+    """The profile as YAML text, sections in schema order."""
+    return yaml.safe_dump(profile.to_yaml_dict(), sort_keys=False, default_flow_style=None)
+
+
+def save_profile(profile: schema.Profile, path: Path, header: str | None = None) -> None:
+    """Writes the profile atomically (temp file, then rename), with an optional comment header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = dump_profile(profile)
+    if header:
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,134 @@
+"""Provides the profile schema: every key a profile may hold, its default and its valid range.
+
+A family adds its own keys to the `model` and `data` sections (see `Family.model_options` and
+`Family.data_options`); `engine.profile.load` merges them in before validating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Section(BaseModel):
+    """A profile section: unknown keys are errors, assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelSection(Section):
+    family: str = Field(description="Model family plugin: `scenesplat` or `midi`.")
+    pretrained: Path | None = Field(
+        default=None,
+        description="Base checkpoint file or folder. Empty builds a randomly initialised base "
+        "(smoke tests) or, for the demo, the cached tiny base.",
+    )
+    task: str | None = Field(default=None, description="Family task, e.g. `semseg`, `lang`, `flow`.")
+
+
+class LoraSection(Section):
+    preset: str | None = Field(default=None, description="Named preset; explicit keys override it.")
+    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float | None = Field(default=None, gt=0, description="LoRA alpha; empty means alpha = r.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        default=None, description="PTv3: `attn`, `mlp`. DiT: `to_q`, `to_k`, `to_v`, `to_out.0`."
+    )
+    target_stages: list[int] | None = Field(default=None, description="PTv3 stages; empty = all.")
+    encoder_only: bool = Field(default=True, description="PTv3: adapt encoder stages only.")
+    enable_prompt: bool = Field(default=False, description="PTv3: PointLoRA prompt MLP per stage.")
+    target_blocks: list[int] | None = Field(default=None, description="DiT block indices; empty = all.")
+    attention_kinds: list[Literal["self", "cross", "cross2"]] | None = Field(
+        default=None, description="DiT attentions to adapt: `self` (attn1), `cross` (attn2), `cross2` (attn2_2)."
+    )
+
+
+class DataSection(Section):
+    root: Path | None = Field(default=None, description="Dataset folder; empty uses the built-in synthetic data.")
+    train_split: str = "train"
+    val_split: str | None = "val"
+    on_error: Literal["stop", "skip"] = Field(
+        default="stop", description="A bad scene stops the run (`stop`) or is skipped and reported (`skip`)."
+    )
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
+
+
+class TrainSection(Section):
+    epochs: int | None = Field(default=1, ge=1, description="Passes over the training set (if no max_steps).")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(default=2, ge=1, le=4096, description="Samples per micro-batch per process.")
+    grad_accum: int = Field(default=1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    lr: float = Field(default=1e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(default=0.01, ge=0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps before the schedule.")
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; empty disables.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = Field(default=0, ge=0)
+    eval_every: int | None = Field(default=None, ge=1, description="Steps between evaluations; empty = at the end.")
+    checkpoint_every: int | None = Field(default=None, ge=1, description="Steps between checkpoints; empty = at the end.")
+    keep_last: int = Field(default=3, ge=1, description="Checkpoints kept (older ones are deleted).")
+    log_every: int = Field(default=1, ge=1, description="Steps between step events.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    oom_recovery: bool = Field(default=True, description="Halve the micro-batch and double accumulation on OOM.")
+    loss_spike_factor: float = Field(default=10.0, gt=1.0, description="Warn when loss exceeds this x its average.")
+
+
+class OutputSection(Section):
+    dir: Path = Field(default=Path("runs/run"), description="Run directory (events, checkpoints, adapter).")
+    tensorboard: bool = Field(default=True, description="Write TensorBoard logs to `<dir>/tb`.")
+
+
+class LaunchSection(Section):
+    num_processes: int = Field(default=1, ge=1, le=1024, description="Processes on all machines together.")
+    num_machines: int = Field(default=1, ge=1, le=1024)
+    machine_rank: int = Field(default=0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = Field(default=29500, ge=1, le=65535)
+    distributed_type: Literal["ddp", "fsdp"] = "ddp"
+
+
+class HardwareSection(Section):
+    """The machine the profile was planned for; a rerun elsewhere is compared against it."""
+
+    cpu_mode: bool = True
+    gpu_name: str | None = None
+    gpu_count: int = Field(default=0, ge=0)
+    gpu_total_gb: float | None = Field(default=None, ge=0)
+    tier: str | None = None
+    measured: dict[str, Any] | None = Field(default=None, description="Numbers written by `lora3d plan --measure`.")
+
+
+class Profile(Section):
+    schema_version: int = Field(description=f"Profile format version; this lora3d reads {SCHEMA_VERSION}.")
+    name: str | None = Field(default=None, description="Run name, used for the default output dir.")
+    model: ModelSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    launch: LaunchSection = Field(default_factory=LaunchSection)
+    hardware: HardwareSection | None = None
+
+    @model_validator(mode="after")
+    def _check_version(self) -> Profile:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"`schema_version` must be {SCHEMA_VERSION}, got {self.schema_version!r}. "
+                f"Set `schema_version: {SCHEMA_VERSION}`"
+            )
+        return self
+
+    @property
+    def effective_batch(self) -> int:
+        # `launch.num_processes` counts every process on every machine, as accelerate does.
+        return self.train.batch_size * self.train.grad_accum * self.launch.num_processes
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The profile as plain data (paths as strings), in schema order."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,626 @@
+"""Provides the family-agnostic trainer: setup, train, save, cleanup, on accelerate.
+
+Reads top to bottom: `_setup_*` builds one thing each; `_train` runs steps (forward, backward, step);
+`_save_*` writes checkpoints and adapters; `_cleanup` closes. The family supplies the model, LoRA, data,
+the loss of one micro-batch and evaluation. Only the main process writes the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+from engine.errors import CheckpointError, DataError, HardwareError, Lora3dError, ProfileError
+from engine.families.base import Family
+from engine.families.registry import get_family
+from engine.profile.load import save_profile
+from engine.profile.schema import Profile
+from engine.train import batching
+from engine.train.checkpoint import (
+    TrainState,
+    clean_partial,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from engine.train.events import EventLog
+from engine.train.guards import LossWatchdog, check_gradient_flow
+from engine.train.identity import identity_differences, model_identity
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure message."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+@dataclass
+class TrainerHooks:
+    """Test and tooling seams; each is called with the trainer and returns nothing."""
+
+    before_micro_batch: Callable[[Trainer, list[int]], None] | None = None
+    after_step: Callable[[Trainer], None] | None = None
+
+
+@dataclass
+class RunResult:
+    status: str
+    """completed | stopped | failed"""
+    step: int
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+def _lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn
+
+
+class Trainer:
+    def __init__(
+        self,
+        profile: Profile,
+        run_dir: Path | None = None,
+        resume: bool = False,
+        family: Family | None = None,
+        hooks: TrainerHooks | None = None,
+        install_signal_handlers: bool = True,
+        listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.run_dir = Path(run_dir or profile.output.dir)
+        self.resume = resume
+        self.family = family or get_family(profile.model.family)
+        self.hooks = hooks or TrainerHooks()
+        self.install_signal_handlers = install_signal_handlers
+        self.stop_reason: str | None = None
+        self.losses: list[float] = []
+        self.events: EventLog | None = None
+        self.listeners = listeners or []
+
+    # ------------------------------------------------------------------ setup
+    def _setup_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        train = self.profile.train
+        want_cuda = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
+        if train.device == "cuda" and not torch.cuda.is_available():
+            raise HardwareError(
+                "`train.device` is cuda but no CUDA GPU is visible. Set `train.device: auto` or `cpu`, "
+                "or check `lora3d probe`."
+            )
+        if train.mixed_precision == "fp16" and not want_cuda:
+            raise HardwareError(
+                "`train.mixed_precision` fp16 needs a CUDA GPU, and this run is on the CPU (it would silently "
+                "run in fp32). Use `--set train.mixed_precision=bf16` or `train.mixed_precision=no`."
+            )
+        if "WORLD_SIZE" not in os.environ:
+            # One process: a previous run in this interpreter (tests, the wizard's probe) may have set
+            # accelerate's global state to other settings.
+            AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            cpu=not want_cuda,
+            log_with="tensorboard" if self.profile.output.tensorboard else None,
+            project_dir=str(self.run_dir / "tb"),
+        )
+        return accelerator
+
+    def _setup_run_dir(self) -> None:
+        ckpt_root = self.run_dir / "checkpoints"
+        existing = list_checkpoints(ckpt_root)
+        if existing and not self.resume:
+            raise ProfileError(
+                f"{self.run_dir}: this run directory already holds checkpoints ({existing[-1].name}). "
+                "Pass --resume to continue it, or --out NEW_DIR (or `output.dir`) for a new run; nothing was changed."
+            )
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_partial(ckpt_root)
+            for name in ("STOP", "SAVE"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            self._write_resolved_profile()
+
+    def _write_resolved_profile(self) -> None:
+        if self.is_main:
+            save_profile(
+                self.profile,
+                self.run_dir / "profile.resolved.yaml",
+                header="The profile this run actually used (overrides and run-time changes applied).\n"
+                f"Rerun: lora3d train {self.run_dir / 'profile.resolved.yaml'} --out NEW_DIR",
+            )
+
+    def _setup_model(self) -> nn.Module:
+        model = self.family.build_model(self.profile)
+        model = self.family.inject_lora(model, self.profile)
+        if self.profile.train.gradient_checkpointing:
+            self.family.set_gradient_checkpointing(model, True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ProfileError(
+                "no trainable parameters after LoRA injection. Check `lora.target_modules` and `lora.target_stages`."
+            )
+        return model
+
+    def _setup_data(self):
+        train_ds, val_ds = self.family.build_datasets(self.profile)
+        if len(train_ds) == 0:
+            raise DataError(f"{self.profile.data.root or 'built-in data'}: the training split is empty. Add scenes.")
+        return train_ds, val_ds
+
+    def _setup_optimizer(self, model: nn.Module):
+        train = self.profile.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(train.warmup_steps, self.total_steps, train.scheduler)
+        )
+        return optimizer, scheduler
+
+    def setup(self) -> None:
+        profile = self.profile
+        self.accelerator = self._setup_accelerator()
+        self.is_main = self.accelerator.is_main_process
+        self.num_processes = self.accelerator.num_processes
+        self.process_index = self.accelerator.process_index
+        self._setup_run_dir()
+        self.events = EventLog(self.run_dir / "events.jsonl", enabled=self.is_main)
+        self.events.listeners.extend(self.listeners if self.is_main else [])
+        from accelerate.utils import set_seed
+
+        set_seed(profile.train.seed)
+        self.model = self._setup_model()
+        self.train_ds, self.val_ds = self._setup_data()
+
+        self.state = TrainState(
+            step=0, epoch=0, epoch_sample=0, micro_batch=profile.train.batch_size, grad_accum=profile.train.grad_accum
+        )
+        samples_per_step = self.samples_per_step
+        if samples_per_step > len(self.train_ds):
+            raise DataError(
+                f"{profile.data.root or 'built-in data'}: the training split has {len(self.train_ds)} samples, fewer than "
+                f"one optimizer step uses ({samples_per_step} = `train.batch_size` x `train.grad_accum` x processes). "
+                "Lower `train.batch_size` or `train.grad_accum`, or add data."
+            )
+        self.steps_per_epoch = batching.steps_per_epoch(len(self.train_ds), samples_per_step)
+        self.total_steps = profile.train.max_steps or (profile.train.epochs or 1) * self.steps_per_epoch
+        self.optimizer, self.scheduler = self._setup_optimizer(self.model)
+        self.identity = model_identity(self.model, profile, self.train_ds)
+        resumed_from = self._maybe_resume()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if profile.output.tensorboard:
+            self.accelerator.init_trackers(
+                "tb",
+                config={
+                    "family": profile.model.family,
+                    "task": str(profile.model.task),
+                    "r": profile.lora.r,
+                    "lr": profile.train.lr,
+                    "effective_batch": profile.effective_batch,
+                },
+            )
+        self.watchdog = LossWatchdog(spike_factor=profile.train.loss_spike_factor, ema=self.state.loss_ema)
+        self._start_event(resumed_from)
+
+    def _maybe_resume(self) -> str | None:
+        if not self.resume:
+            return None
+        ckpts = list_checkpoints(self.run_dir / "checkpoints")
+        if not ckpts:
+            if self.is_main:
+                self.events_emit("warning", message=f"--resume: no complete checkpoint in {self.run_dir}; starting fresh")
+            return None
+        ckpt = load_checkpoint(ckpts[-1])
+        diffs = identity_differences(ckpt.identity, self.identity)
+        if diffs:
+            raise CheckpointError(
+                f"{ckpt.path}: this checkpoint was made by a different setup and cannot be resumed here:\n  "
+                + "\n  ".join(diffs)
+                + "\nResume with the profile the run used (its profile.resolved.yaml), or start a new run with --out."
+            )
+        unwrapped = self.model
+        missing = [n for n, p in unwrapped.named_parameters() if p.requires_grad and n not in ckpt.trainable]
+        if missing:
+            raise CheckpointError(f"{ckpt.path}: checkpoint lacks trainable tensors {missing[:3]}. Delete it to resume from the one before.")
+        with torch.no_grad():
+            params = dict(unwrapped.named_parameters())
+            for name, tensor in ckpt.trainable.items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.scheduler.load_state_dict(ckpt.scheduler_state)
+        restore_rng(ckpt.rng_tensors, ckpt.rng_plain)
+        # The effective batch must survive a change of process count: keep the (possibly OOM-reduced)
+        # micro-batch and re-derive accumulation.
+        saved = ckpt.state
+        saved_procs = int(ckpt.extra.get("num_processes", 1))
+        effective = saved.micro_batch * saved.grad_accum * saved_procs
+        per_process, rest = divmod(effective, self.num_processes)
+        if rest or per_process % saved.micro_batch:
+            raise CheckpointError(
+                f"{ckpt.path}: the run's effective batch {effective} cannot be split over {self.num_processes} "
+                f"processes with micro-batch {saved.micro_batch}. Use a process count that divides it."
+            )
+        saved.grad_accum = per_process // saved.micro_batch
+        self.state = saved
+        return ckpt.path.name
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.state.micro_batch * self.state.grad_accum * self.num_processes
+
+    def events_emit(self, type: str, **fields: Any) -> None:
+        if self.events is not None and self.is_main:
+            self.events.emit(type, **fields)
+
+    def _start_event(self, resumed_from: str | None) -> None:
+        from engine.train.params import trainable_summary
+
+        profile = self.profile
+        summary = trainable_summary(self.accelerator.unwrap_model(self.model))
+        self.events_emit(
+            "start",
+            run_dir=str(self.run_dir),
+            name=profile.name,
+            family=profile.model.family,
+            task=profile.model.task,
+            device=str(self.accelerator.device),
+            mixed_precision=profile.train.mixed_precision,
+            num_processes=self.num_processes,
+            micro_batch=self.state.micro_batch,
+            grad_accum=self.state.grad_accum,
+            effective_batch=self.samples_per_step,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            train_samples=len(self.train_ds),
+            val_samples=len(self.val_ds) if self.val_ds is not None else 0,
+            resumed_from=resumed_from,
+            start_step=self.state.step,
+            params=summary,
+            pid=os.getpid(),
+        )
+
+    # ------------------------------------------------------------------ train
+    def _loader(self, indices: list[list[int]], dataset) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=indices,
+            collate_fn=self.family.collate,
+            num_workers=self.profile.data.num_workers,
+        )
+
+    def _install_signals(self) -> list[tuple[int, Any]]:
+        if not self.install_signal_handlers:
+            return []
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        previous = []
+
+        def handler(signum, _frame):
+            name = signal.Signals(signum).name
+            if self.stop_reason is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_reason = name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous.append((sig, signal.signal(sig, handler)))
+        return previous
+
+    def _control_files(self) -> tuple[bool, bool]:
+        """(stop, save) requested through files dropped in the run directory (the wizard uses these)."""
+        stop = (self.run_dir / "STOP").exists()
+        save = (self.run_dir / "SAVE").exists()
+        flags = torch.tensor([float(stop), float(save)], device=self.accelerator.device)
+        if self.num_processes > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _run_micro_batches(self, micro_batches: list[list[int]]) -> tuple[float, int, int, dict[str, float]]:
+        """Forward and backward over one step's micro-batches; returns (mean loss, samples, tokens, metrics)."""
+        model = self.model
+        n = len(micro_batches)
+        loss_sum = torch.zeros((), device=self.accelerator.device)
+        samples = tokens = 0
+        metrics: dict[str, float] = {}
+        loader = self._loader(micro_batches, self.train_ds)
+        for i, batch in enumerate(loader):
+            if self.hooks.before_micro_batch is not None:
+                self.hooks.before_micro_batch(self, micro_batches[i])
+            from accelerate.utils import send_to_device
+
+            batch = send_to_device(batch, self.accelerator.device)
+            sync = contextlib.nullcontext() if i == n - 1 else self.accelerator.no_sync(model)
+            with sync, self.accelerator.autocast():
+                out = self.family.training_step(model, batch, self.profile)
+                self.accelerator.backward(out.loss / n)
+            loss_sum += out.loss.detach().float()
+            samples += out.num_samples
+            tokens += out.num_tokens
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / n
+        loss = loss_sum / n
+        if self.num_processes > 1:
+            loss = self.accelerator.reduce(loss, reduction="mean")
+        return float(loss), samples, tokens, metrics
+
+    def _halve_micro_batch(self, exc: BaseException) -> None:
+        state = self.state
+        if state.micro_batch == 1:
+            from engine.memory.oom import levers_message
+
+            raise HardwareError(levers_message(self.profile, self.family)) from None
+        old = (state.micro_batch, state.grad_accum)
+        state.micro_batch //= 2
+        state.grad_accum *= 2
+        self.profile.train.batch_size = state.micro_batch
+        self.profile.train.grad_accum = state.grad_accum
+        self._write_resolved_profile()
+        msg = (
+            f"out of memory at micro-batch {old[0]}: retrying step {state.step + 1} with micro-batch "
+            f"{state.micro_batch} and grad_accum {state.grad_accum} (effective batch unchanged: "
+            f"{self.samples_per_step}); profile.resolved.yaml updated"
+        )
+        self.events_emit("oom", step=state.step + 1, micro_batch=state.micro_batch, grad_accum=state.grad_accum,
+                         previous_micro_batch=old[0], previous_grad_accum=old[1], message=msg)
+        self.events_emit("warning", message=msg)
+
+    def _memory_bytes(self) -> int:
+        if self.accelerator.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.accelerator.device))
+        return int(psutil.Process().memory_info().rss)
+
+    def _one_step(self) -> float:
+        """Runs one optimizer step, retrying with a halved micro-batch on out-of-memory."""
+        state = self.state
+        for ds in (self.train_ds,):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(state.epoch)
+        perm = batching.epoch_permutation(len(self.train_ds), self.profile.train.seed, state.epoch)
+        step_in_epoch = state.epoch_sample // self.samples_per_step
+        rng_at_start = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        while True:
+            micro = batching.step_micro_batches(
+                perm, step_in_epoch, state.micro_batch, state.grad_accum, self.num_processes, self.process_index
+            )
+            t0 = time.perf_counter()
+            try:
+                loss, samples, tokens, metrics = self._run_micro_batches(micro)
+                break
+            except Exception as exc:
+                if not (is_oom(exc) and self.profile.train.oom_recovery):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                torch.set_rng_state(rng_at_start[0])
+                if rng_at_start[1] is not None:
+                    torch.cuda.set_rng_state_all(rng_at_start[1])
+                self._halve_micro_batch(exc)
+        first_step = state.step == 0 and not self.resume
+        warning = self.watchdog.check(loss, state.step + 1)  # raises on NaN/inf before any update
+        if warning:
+            self.events_emit("warning", message=warning, step=state.step + 1)
+        if first_step:
+            check_gradient_flow(self.accelerator.unwrap_model(self.model))
+        grad_norm = None
+        if self.profile.train.max_grad_norm is not None:
+            grad_norm = float(self.accelerator.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.profile.train.max_grad_norm
+            ))
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used, before the schedule advances
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+
+        state.step += 1
+        state.epoch_sample += self.samples_per_step
+        if state.epoch_sample + self.samples_per_step > len(self.train_ds):
+            state.epoch += 1
+            state.epoch_sample = 0
+        state.loss_ema = self.watchdog.ema
+        self.losses.append(loss)
+        if state.step % self.profile.train.log_every == 0 or state.step == self.total_steps:
+            world_samples = samples * self.num_processes
+            self.events_emit(
+                "step",
+                step=state.step,
+                total_steps=self.total_steps,
+                epoch=state.epoch,
+                loss=loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                step_time=elapsed,
+                samples_per_s=world_samples / elapsed if elapsed > 0 else None,
+                tokens_per_s=tokens * self.num_processes / elapsed if elapsed > 0 else None,
+                memory_bytes=self._memory_bytes(),
+                micro_batch=state.micro_batch,
+                grad_accum=state.grad_accum,
+                **{f"train/{k}": v for k, v in metrics.items()},
+            )
+            if self.profile.output.tensorboard:
+                self.accelerator.log({"train/loss": loss, "train/lr": lr}, step=state.step)
+        return loss
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        indices = list(range(len(self.val_ds)))
+        micro = self.profile.train.batch_size
+        batches = [indices[i : i + micro] for i in range(0, len(indices), micro)]
+        if hasattr(self.val_ds, "set_epoch"):
+            self.val_ds.set_epoch(0)
+        loader = self._loader(batches, self.val_ds)
+        from accelerate.utils import send_to_device
+
+        was_training = model.training
+        model.eval()
+        # Evaluation must not move the training RNG, or runs with and without eval would differ.
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), self.accelerator.autocast():
+            metrics = self.family.evaluate(model, (send_to_device(b, self.accelerator.device) for b in loader), self.profile)
+        model.train(was_training)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _maybe_eval(self, force: bool = False) -> None:
+        every = self.profile.train.eval_every
+        if not force and (every is None or self.state.step % every != 0):
+            return
+        metrics = self._evaluate()
+        if not metrics:
+            return
+        primary = metrics.get(self.family.primary_metric)
+        best = self.state.best_metric
+        improved = primary is not None and (
+            best is None or (primary > best if self.family.greater_is_better else primary < best)
+        )
+        if improved:
+            self.state.best_metric, self.state.best_step = primary, self.state.step
+            self._save_adapter(self.run_dir / "adapter-best")
+        self.events_emit("eval", step=self.state.step, metrics=metrics, primary=self.family.primary_metric,
+                         best=self.state.best_metric, best_step=self.state.best_step, improved=improved)
+        if self.profile.output.tensorboard:
+            self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
+
+    def _train(self) -> str:
+        checkpoint_every = self.profile.train.checkpoint_every
+        if self.state.step >= self.total_steps:
+            return "completed"
+        self.model.train()
+        while self.state.step < self.total_steps:
+            self._one_step()
+            if self.hooks.after_step is not None:
+                self.hooks.after_step(self)
+            self._maybe_eval()
+            stop_file, save_file = self._control_files()
+            if checkpoint_every and self.state.step % checkpoint_every == 0 and self.state.step < self.total_steps:
+                self._save_checkpoint("schedule")
+            elif save_file:
+                self._save_checkpoint("requested")
+            if save_file and self.is_main:
+                (self.run_dir / "SAVE").unlink(missing_ok=True)
+            if self.stop_reason or stop_file:
+                reason = self.stop_reason or "STOP file"
+                self._save_checkpoint(f"stop ({reason})")
+                if self.is_main:
+                    (self.run_dir / "STOP").unlink(missing_ok=True)
+                self.events_emit("info", message=f"stopped by {reason} at step {self.state.step}; resume with --resume")
+                return "stopped"
+        if self.profile.train.eval_every is None or self.state.step % self.profile.train.eval_every != 0:
+            self._maybe_eval(force=True)
+        self._save_checkpoint("final")
+        return "completed"
+
+    # ------------------------------------------------------------------ save
+    def _save_checkpoint(self, reason: str) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        root = self.run_dir / "checkpoints"
+        path = save_checkpoint(
+            root,
+            self.state,
+            trainable,
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            self.identity,
+            extra={"reason": reason, "num_processes": self.num_processes},
+        )
+        prune_checkpoints(root, self.profile.train.keep_last)
+        self.events_emit("checkpoint", step=self.state.step, path=str(path), reason=reason)
+
+    def _save_adapter(self, folder: Path) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        metadata = {
+            "family": self.profile.model.family,
+            "task": self.profile.model.task,
+            "pretrained": str(self.profile.model.pretrained) if self.profile.model.pretrained else None,
+            "step": self.state.step,
+            "profile_name": self.profile.name,
+        }
+        try:
+            self.family.save_adapter(model, tmp, metadata)
+            old = folder.with_name(f".old-{folder.name}")
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"{folder}: adapter could not be written ({exc.strerror or exc}). Free disk space and rerun with --resume."
+            ) from None
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunResult:
+        previous_handlers = []
+        status = "failed"
+        try:
+            self.setup()
+            previous_handlers = self._install_signals()
+            status = self._train()
+            if status == "completed":
+                self._save_adapter(self.run_dir / "adapter")
+            metrics = {"best_" + self.family.primary_metric: self.state.best_metric} if self.state.best_metric is not None else {}
+            self.events_emit("end", status=status, step=self.state.step, final_loss=self.losses[-1] if self.losses else None,
+                             best_metric=self.state.best_metric, best_step=self.state.best_step,
+                             adapter=str(self.run_dir / "adapter") if status == "completed" else None)
+            return RunResult(status, self.state.step, self.run_dir, metrics, self.losses)
+        except Lora3dError as exc:
+            self.events_emit("error", message=str(exc), kind=type(exc).__name__)
+            self.events_emit("end", status="failed", step=getattr(getattr(self, "state", None), "step", 0))
+            raise
+        except BaseException as exc:
+            self.events_emit("error", message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
+            self.events_emit("end", status="failed", step=getattr(getattr(self, "state", None), "step", 0))
+            raise
+        finally:
+            for sig, handler in previous_handlers:
+                signal.signal(sig, handler)
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and self.profile.output.tensorboard:
+            with contextlib.suppress(Exception):
+                accelerator.end_training()
+        if self.events is not None:
+            self.events.close()
+
+
+def train(profile: Profile, run_dir: Path | None = None, resume: bool = False, **kwargs: Any) -> RunResult:
+    """Runs a training job described by `profile`; see Trainer."""
+    return Trainer(profile, run_dir=run_dir, resume=resume, **kwargs).run()
