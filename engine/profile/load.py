@@ -150,6 +150,22 @@ def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
+# Names users bring from other tools, suggested when no spelling is close.
+_SYNONYMS = {"rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "learning_rate": "lr",
+             "num_epochs": "epochs", "gradient_accumulation_steps": "grad_accum", "steps": "max_steps"}
+
+
+def did_you_mean(key: str, allowed: list[str]) -> str | None:
+    """The allowed key the user most likely meant, or None."""
+    if _SYNONYMS.get(key) in allowed:
+        return _SYNONYMS[key]
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    prefixes = [a for a in allowed if key.startswith(a) or a.startswith(key)]
+    return max(prefixes, key=len) if prefixes else None
+
+
 def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
@@ -157,10 +173,10 @@ def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str
     value = err.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(cls, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        close = did_you_mean(str(loc[-1]), allowed)
         parent = ".".join(str(p) for p in loc[:-1])
         if close:
-            suggestion = f"Did you mean `{parent + '.' if parent else ''}{close[0]}`?"
+            suggestion = f"Did you mean `{parent + '.' if parent else ''}{close}`?"
         else:
             suggestion = f"Valid keys here: {', '.join(f'`{k}`' for k in allowed)}."
         return f"{source}: unknown key `{key}`. {suggestion}"
