@@ -113,6 +113,10 @@ class Family:
 
         save_lora_checkpoint(model, folder, metadata=metadata)
 
+    def merge_adapter(self, profile: Profile, adapter: Path, out: Path) -> Path:
+        """Folds the adapter into the base weights and writes a checkpoint a plain model loads strictly."""
+        raise NotImplementedError
+
     def identity(self, model: nn.Module, profile: Profile) -> dict[str, Any]:
         """Fields a checkpoint must share with the run resuming it (architecture, LoRA, data)."""
         from engine.train.identity import model_identity
