@@ -7,7 +7,7 @@ import pytest
 from engine.errors import ProfileError
 from engine.profile import load_profile, validate_profile
 from engine.profile.load import apply_overrides, parse_overrides, read_yaml
-from tests.conftest import toy_profile_dict
+from tests.conftest import REPO, toy_profile_dict
 
 CASES = [
     # (mutation, expected message fragments)
@@ -123,3 +123,14 @@ def test_effective_batch(tmp_path):
     profile = validate_profile(_mutate(toy_profile_dict(tmp_path), {"train": {"batch_size": 3, "grad_accum": 4},
                                                                     "launch": {"num_processes": 2}}))
     assert profile.effective_batch == 24
+
+
+def test_every_schema_key_is_documented():
+    from engine.profile import schema
+
+    doc = (REPO / "docs" / "profiles.md").read_text()
+    for section, cls in [("model", schema.ModelSection), ("lora", schema.LoraSection), ("data", schema.DataSection),
+                         ("train", schema.TrainSection), ("output", schema.OutputSection),
+                         ("launch", schema.LaunchSection), ("hardware", schema.HardwareSection)]:
+        for key in cls.model_fields:
+            assert f"`{section}.{key}`" in doc, f"{section}.{key} missing from docs/profiles.md"
