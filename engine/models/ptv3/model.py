@@ -276,7 +276,7 @@ class PointTransformerV3(nn.Module):
         )
 
         self.embedding = Embedding(in_channels, enc_channels[0], self.conv_backend)
-        enc_drop = torch.linspace(0, drop_path, sum(enc_depths)).tolist()
+        enc_drop = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
         self.enc = nn.Module()
         for s in range(self.num_stages):
             stage = Stage()
@@ -306,7 +306,7 @@ class PointTransformerV3(nn.Module):
                     "the decoder reuses the encoder's patch plan, so the decoder value is ignored.",
                     stacklevel=2,
                 )
-            dec_drop = torch.linspace(0, drop_path, sum(dec_depths)).tolist()
+            dec_drop = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
             self.dec = nn.Module()
             for s in reversed(range(n_dec)):
                 drops = dec_drop[sum(dec_depths[:s]) : sum(dec_depths[: s + 1])][::-1]

@@ -20,6 +20,7 @@ from torch import nn
 from engine.errors import HardwareError
 
 SPARSE_CONV_BACKENDS = ("auto", "torch", "spconv")
+_DENSE_TABLE_MAX = 1 << 24  # cells; 128 MiB of int64 at most for the dense neighbour lookup
 
 
 def _import_spconv() -> Any | None:
@@ -32,25 +33,31 @@ def _import_spconv() -> Any | None:
 
 @dataclass(frozen=True)
 class NeighbourMap:
-    """Index pairs of a submanifold convolution, one pair list per kernel offset.
+    """Index pairs of a submanifold convolution, grouped by kernel offset (the centre is implicit).
 
     Attributes:
         kernel_size: k of the k^3 kernel.
         num_points: number of active sites (rows of the input and output).
-        offsets: flat kernel indices (a*k*k + b*k + c) that have at least one pair.
-        out_index: per entry of `offsets`, (P,) int64 output rows.
-        in_index: per entry of `offsets`, (P,) int64 input rows.
+        offsets: flat kernel indices (a*k*k + b*k + c), centre excluded, that have at least one pair.
+        bounds: len(offsets)+1 boundaries; pairs of offsets[j] are rows bounds[j]:bounds[j+1].
+        out_index: (P,) int64 output rows of all non-centre pairs.
+        in_index: (P,) int64 input rows of all non-centre pairs.
     """
 
     kernel_size: int
     num_points: int
     offsets: tuple[int, ...]
-    out_index: tuple[torch.Tensor, ...]
-    in_index: tuple[torch.Tensor, ...]
+    bounds: tuple[int, ...]
+    out_index: torch.Tensor
+    in_index: torch.Tensor
 
 
 def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_size: int) -> NeighbourMap:
     """Finds, for every kernel offset, which active sites read which active neighbours.
+
+    Sites are hashed to `((b * E0 + x) * E1 + y) * E2 + z` on a grid padded by k//2. When that grid
+    is small (at most `_DENSE_TABLE_MAX` cells, or 16 cells per site and offset) a dense lookup table
+    answers all queries with one gather; otherwise the sorted keys are searched with `searchsorted`.
 
     Args:
         batch: (N,) int64 scene index per site.
@@ -58,7 +65,7 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
         kernel_size: odd kernel size k.
 
     Returns:
-        The neighbour map; the centre offset maps every site to itself.
+        The neighbour map.
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size: submanifold convolution needs an odd size, got {kernel_size!r}.")
@@ -66,34 +73,85 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     n = grid_coord.shape[0]
     r = kernel_size // 2
     g = grid_coord.long() + r  # shift so every neighbour coordinate is non-negative
-    extent = int(g.max()) + r + 1 if n else 1
-    b = batch.long()
-
-    def key(coords: torch.Tensor) -> torch.Tensor:
-        return ((b * extent + coords[:, 0]) * extent + coords[:, 1]) * extent + coords[:, 2]
-
-    site_key = key(g)
-    sorted_key, sort_index = torch.sort(site_key)
+    extent = (g.max(0).values + r + 1).tolist() if n else [1, 1, 1]
+    num_scenes = int(batch.max()) + 1 if n else 1
+    strides = torch.tensor([extent[1] * extent[2], extent[2], 1], device=device)
+    site_key = batch.long() * (extent[0] * extent[1] * extent[2]) + (g * strides).sum(1)
     rng = torch.arange(-r, r + 1, device=device)
-    delta = torch.stack(torch.meshgrid(rng, rng, rng, indexing="ij"), dim=-1).reshape(-1, 3)  # (k^3, 3)
+    delta = torch.stack(torch.meshgrid(rng, rng, rng, indexing="ij"), dim=-1).reshape(-1, 3)
     centre = delta.shape[0] // 2
-    offsets, out_index, in_index = [], [], []
-    arange = torch.arange(n, device=device)
-    for o in range(delta.shape[0]):
-        if o == centre:
+    flat_offsets = torch.cat([torch.arange(centre), torch.arange(centre + 1, delta.shape[0])]).to(device)
+    delta_key = (delta[flat_offsets] * strides).sum(1)  # (k^3-1,)
+    table_size = num_scenes * extent[0] * extent[1] * extent[2]
+    dense = table_size <= max(_DENSE_TABLE_MAX, 16 * n * delta.shape[0])
+    if dense:
+        table = torch.full((table_size,), -1, dtype=torch.long, device=device)
+        table[site_key] = torch.arange(n, device=device)
+    else:
+        sorted_key, sort_index = torch.sort(site_key)
+    out_parts, in_parts, counts = [], [], []
+    # Chunk the offsets so the (offsets, N) query block stays around 2^24 entries.
+    step = max(1, (1 << 24) // max(n, 1))
+    for start in range(0, delta_key.shape[0], step):
+        query = site_key[None, :] + delta_key[start : start + step, None]  # (O, N)
+        if dense:
+            found = table[query]
+        else:
+            pos = torch.searchsorted(sorted_key, query.reshape(-1)).clamp_(max=max(n - 1, 0)).view_as(query)
+            found = torch.where(sorted_key[pos] == query, sort_index[pos], -1)
+        o_idx, out_idx = torch.nonzero(found >= 0, as_tuple=True)  # row-major: grouped by offset
+        out_parts.append(out_idx)
+        in_parts.append(found[o_idx, out_idx])
+        counts.append(torch.bincount(o_idx, minlength=query.shape[0]))
+    counts_all = torch.cat(counts).tolist()
+    offsets, bounds = [], [0]
+    for o, c in zip(flat_offsets.tolist(), counts_all):
+        if c:
             offsets.append(o)
-            out_index.append(arange)
-            in_index.append(arange)
-            continue
-        query = key(g + delta[o])
-        pos = torch.searchsorted(sorted_key, query).clamp_(max=max(n - 1, 0))
-        hit = sorted_key[pos] == query
-        if not bool(hit.any()):
-            continue
-        offsets.append(o)
-        out_index.append(arange[hit])
-        in_index.append(sort_index[pos[hit]])
-    return NeighbourMap(kernel_size, n, tuple(offsets), tuple(out_index), tuple(in_index))
+            bounds.append(bounds[-1] + c)
+    return NeighbourMap(kernel_size, n, tuple(offsets), tuple(bounds), torch.cat(out_parts), torch.cat(in_parts))
+
+
+class _SubmConvFunction(torch.autograd.Function):
+    """Gather-matmul-scatter over kernel offsets; saves only the input, not the gathered copies."""
+
+    @staticmethod
+    def forward(ctx, feat: torch.Tensor, weight: torch.Tensor, nmap: NeighbourMap) -> torch.Tensor:
+        c_out, k = weight.shape[0], weight.shape[1]
+        w = weight.reshape(c_out, k * k * k, -1)  # (C_out, k^3, C_in)
+        out = feat @ w[:, (k * k * k) // 2, :].t()
+        if nmap.offsets:
+            gathered = feat[nmap.in_index]  # (P, C_in)
+            parts = [gathered[s:e] @ w[:, o, :].t() for o, s, e in zip(nmap.offsets, nmap.bounds, nmap.bounds[1:])]
+            out.index_add_(0, nmap.out_index, torch.cat(parts))
+        ctx.save_for_backward(feat, weight)
+        ctx.nmap = nmap
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        feat, weight = ctx.saved_tensors
+        nmap = ctx.nmap
+        c_out, k = weight.shape[0], weight.shape[1]
+        w = weight.reshape(c_out, k * k * k, -1)
+        centre = (k * k * k) // 2
+        spans = list(zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]))
+        grad_rows = grad_out[nmap.out_index] if spans else None  # (P, C_out)
+        grad_feat = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_feat = grad_out @ w[:, centre, :]
+            if spans:
+                parts = [grad_rows[s:e] @ w[:, o, :] for o, s, e in spans]
+                grad_feat.index_add_(0, nmap.in_index, torch.cat(parts))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            grad_w[:, centre, :] = grad_out.t() @ feat
+            if spans:
+                gathered = feat[nmap.in_index]
+                for o, s, e in spans:
+                    grad_w[:, o, :] = grad_rows[s:e].t() @ gathered[s:e]
+            grad_w = grad_w.reshape(weight.shape)
+        return grad_feat, grad_w, None
 
 
 def submanifold_conv3d(
@@ -110,14 +168,7 @@ def submanifold_conv3d(
     Returns:
         (N, C_out) features at the same sites.
     """
-    c_out, k = weight.shape[0], weight.shape[1]
-    w = weight.reshape(c_out, k * k * k, -1)  # (C_out, k^3, C_in)
-    centre = (k * k * k) // 2
-    out = feat @ w[:, centre, :].t()
-    for o, oi, ii in zip(nmap.offsets, nmap.out_index, nmap.in_index):
-        if o == centre:
-            continue
-        out = out.index_add(0, oi, feat[ii] @ w[:, o, :].t())
+    out = _SubmConvFunction.apply(feat, weight.to(feat.dtype), nmap)
     if bias is not None:
         out = out + bias
     return out

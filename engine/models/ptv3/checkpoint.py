@@ -1,0 +1,158 @@
+"""Provides loading of PTv3 weights from Pointcept/SceneSplat checkpoints (.pth) and .safetensors files.
+
+Pointcept's CheckpointSaver writes `{"epoch", "state_dict", "optimizer", ...}` with keys
+`module.backbone.<ptv3 key>` under DDP (SceneSplat's released language checkpoint has this form);
+bare state dicts with or without `backbone.` are accepted too. `.pth` files are read with
+`torch.load(weights_only=True)` only: a file that needs arbitrary pickle is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import CheckpointError
+
+_CONVERT_HINT = (
+    "Convert it once where you trust the file: `python -c \"import torch; from safetensors.torch import "
+    "save_file; ckpt = torch.load('{path}', weights_only=False); sd = ckpt.get('state_dict', ckpt); "
+    "save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\"` and load model.safetensors"
+)
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` matched.
+
+    Attributes:
+        path: the checkpoint file.
+        loaded: keys copied into the model.
+        missing: model keys the checkpoint lacks.
+        unexpected: checkpoint keys the model lacks.
+        mismatched: (key, checkpoint shape, model shape) for keys present in both with other shapes.
+    """
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every key matched in name and shape."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def _read_file(path: Path) -> object:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"{path}: not a readable safetensors file, got {type(exc).__name__}: {exc}. "
+                                  "Re-download or re-export the file.") from exc
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "a pickled object"
+        raise CheckpointError(
+            f"{path}: the checkpoint holds objects that need unsafe pickle loading, got {detail!r}. "
+            + _CONVERT_HINT.format(path=path) + "."
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, got {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}. Re-download or re-save the file.") from exc
+
+
+def load_ptv3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a PTv3 state dict, unwrapping `{"state_dict": ...}` and stripping DDP's `module.` prefix.
+
+    Args:
+        path: a `.pth`/`.pt` checkpoint (Pointcept/SceneSplat training checkpoint or a bare state
+            dict) or a `.safetensors` file.
+
+    Returns:
+        Tensors by key; keys may still start with `backbone.` (wrapper checkpoints).
+
+    Raises:
+        CheckpointError: when the file is missing, empty, corrupt, truncated, needs pickle, or holds
+            no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found, got {str(path)!r}. Check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty, got 0 bytes. Re-download or re-save the file.")
+    obj = _read_file(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kind = type(obj).__name__ if not isinstance(obj, dict) else f"dict with keys {list(obj)[:5]!r}"
+        raise CheckpointError(f"{path}: no state dict of tensors found, got {kind}. "
+                              "Pass a Pointcept checkpoint ({'state_dict': ...}) or a saved model.state_dict().")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _match_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adds or strips `backbone.` so the checkpoint's keys line up with the model's."""
+    model_keys = set(model.state_dict())
+    model_wrapped = any(k.startswith("backbone.") for k in model_keys)
+    ckpt_wrapped = any(k.startswith("backbone.") for k in state)
+    if model_wrapped and not ckpt_wrapped:
+        return {f"backbone.{k}": v for k, v in state.items()}
+    if ckpt_wrapped and not model_wrapped:
+        return {(k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in state.items()}
+    return state
+
+
+def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Loads a checkpoint into a PTv3 backbone or one of its wrappers.
+
+    Args:
+        model: `PointTransformerV3`, `PTv3Segmentor` or `PTv3LanguageModel`.
+        path: checkpoint file (see `load_ptv3_state_dict`).
+        strict: raise unless every key matches in name and shape. When False, matching keys are
+            loaded and the rest is only reported (Pointcept's CheckpointLoader skips shape mismatches).
+
+    Returns:
+        The load report.
+
+    Raises:
+        CheckpointError: when strict and anything is missing, unexpected or mismatched.
+    """
+    state = _match_prefix(load_ptv3_state_dict(path), model)
+    own = model.state_dict()
+    report = LoadReport(path=str(path))
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            usable[key] = value
+    report.missing = [k for k in own if k not in state]
+    if strict and not report.ok:
+        parts = []
+        if report.missing:
+            parts.append(f"{len(report.missing)} missing (first {report.missing[:3]!r})")
+        if report.unexpected:
+            parts.append(f"{len(report.unexpected)} unexpected (first {report.unexpected[:3]!r})")
+        if report.mismatched:
+            k, a, b = report.mismatched[0]
+            parts.append(f"{len(report.mismatched)} shape mismatches (first {k!r}: checkpoint {a} vs model {b})")
+        raise CheckpointError(
+            f"{path}: checkpoint does not match the model, got {'; '.join(parts)}. "
+            "Build the model with the checkpoint's config (e.g. SCENESPLAT_CONFIG) or load with strict=False."
+        )
+    model.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    return report
