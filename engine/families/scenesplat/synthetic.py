@@ -55,7 +55,7 @@ _APPEARANCE: dict[str, dict[str, Any]] = {
             (165, 165, 175),
             (45, 145, 55),
         ],
-        "color_std": [14, 8, 10, 18, 10, 18],
+        "color_std": [26, 18, 22, 30, 20, 30],
         "opacity": [(18, 2), (20, 2), (16, 2), (12, 2), (18, 2), (8, 3)],
         "scale": [0.035, 0.045, 0.022, 0.014, 0.028, 0.010],
         "aniso": [1.0, 0.9, 0.8, 0.9, 0.5, 0.25],
@@ -71,7 +71,7 @@ _APPEARANCE: dict[str, dict[str, Any]] = {
             (145, 100, 60),
             (150, 60, 140),
         ],
-        "color_std": [16, 12, 10, 20, 14, 22],
+        "color_std": [28, 22, 20, 30, 24, 32],
         "opacity": [(5, 3), (6, 3), (5, 2), (4, 3), (6, 2), (3, 3)],
         "scale": [0.035 * 1.6, 0.045 * 1.6, 0.022 * 1.6, 0.014 * 1.6, 0.028 * 1.6, 0.010 * 1.6],
         "aniso": [1.0, 0.9, 0.8, 0.9, 0.5, 0.25],
@@ -232,8 +232,25 @@ def text_embedding_table(
     return _unit(table).astype(np.float32)
 
 
+def _appearance(domain: str, shift: float) -> dict[str, Any]:
+    """Domain A's table, or A's table moved a fraction `shift` of the way to B's (1 = B itself)."""
+    if domain == "A" or shift == 1.0:
+        return _APPEARANCE[domain]
+    a, b = _APPEARANCE["A"], _APPEARANCE["B"]
+    look: dict[str, Any] = {}
+    for key in a:
+        va, vb = np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float)
+        # scales and densities are ratios: interpolate them geometrically
+        look[key] = va * (vb / va) ** shift if key in ("scale", "density") else va + shift * (vb - va)
+    return look
+
+
 def generate_room(
-    rng: np.random.Generator, domain: str = "A", num_points: int = 6000, lang_dim: int | None = None
+    rng: np.random.Generator,
+    domain: str = "A",
+    num_points: int = 6000,
+    lang_dim: int | None = None,
+    domain_shift: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Generates one synthetic room in the on-disk scene format.
 
@@ -242,6 +259,8 @@ def generate_room(
         domain: "A" or "B" (see the module docstring).
         num_points: Gaussians in domain "A"; domain "B" has 0.8x as many.
         lang_dim: when set, adds `lang_feat` (N, lang_dim) float16 and `valid_feat_mask` (N,) bool.
+        domain_shift: for domain "B", how far its appearance moves from A's (0 = A's look with B's
+            rooms, 1 = the full B table); use it to tune how hard the transfer is.
 
     Returns:
         `coord` (N,3) f32, `color` (N,3) uint8, `opacity` (N,) f32, `quat` (N,4) f32 (w>=0),
@@ -250,7 +269,7 @@ def generate_room(
     """
     if domain not in DOMAINS:
         raise DataError(f"domain: unknown synthetic domain, got {domain!r}. Use 'A' or 'B'.")
-    look = _APPEARANCE[domain]
+    look = _appearance(domain, domain_shift)
     n_target = max(64, int(round(num_points * look["density"])))
     coord, normal, segment, instance = _geometry(rng, n_target)
     n = len(coord)
@@ -319,6 +338,7 @@ def write_synthetic_dataset(
     num_points: int = 6000,
     lang_dim: int | None = None,
     overwrite: bool = False,
+    domain_shift: float = 1.0,
 ) -> dict[str, Any]:
     """Writes a synthetic dataset `root/{train,val}/scene_XXXX/*.npy`, all at once.
 
@@ -349,7 +369,7 @@ def write_synthetic_dataset(
             points[split] = []
             for i in range(count):
                 rng = np.random.default_rng((seed, split_id, i, DOMAINS.index(domain)))
-                scene = generate_room(rng, domain, num_points, lang_dim)
+                scene = generate_room(rng, domain, num_points, lang_dim, domain_shift)
                 write_scene_atomic(scene, tmp / split / f"scene_{i:04d}")
                 points[split].append(len(scene["coord"]))
         info = {
@@ -360,6 +380,7 @@ def write_synthetic_dataset(
             "scenes": counts,
             "points": points,
             "lang_dim": lang_dim,
+            "domain_shift": domain_shift if domain == "B" else 0.0,
         }
         if lang_dim is not None:
             write_text_embeddings(tmp / "text_embeddings.npy", SYNTHETIC_CLASSES, lang_dim)
