@@ -49,7 +49,15 @@ from rich.table import Table
 from engine.errors import DataError
 from engine.families.midi.render import render_scene, sample_camera
 
-__all__ = ["MESH_SUFFIXES", "PrepareProblem", "PrepareReport", "discover_scenes", "prepare_dataset", "print_report"]
+__all__ = [
+    "MESH_SUFFIXES",
+    "PrepareProblem",
+    "PrepareReport",
+    "RawScene",
+    "discover_scenes",
+    "prepare_dataset",
+    "print_report",
+]
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 _SCENE_FILE_SUFFIXES = (".glb", ".gltf")
@@ -98,15 +106,18 @@ class PrepareReport:
 
 
 @dataclass(frozen=True)
-class _SceneSource:
+class RawScene:
+    """One input scene found by discover_scenes."""
+
     name: str
+    """Output folder name (the input name with unsafe characters replaced)."""
     path: Path
     """A scene folder, or a single mesh file directly in input_dir."""
 
 
 @dataclass
 class _SceneJob:
-    source: _SceneSource
+    source: RawScene
     output_dir: Path
     num_samples: int
     image_size: int
@@ -160,10 +171,10 @@ def _safe_name(name: str) -> str:
     return cleaned or "instance"
 
 
-def discover_scenes(input_dir: str | Path) -> list[_SceneSource]:
+def discover_scenes(input_dir: str | Path) -> list[RawScene]:
     """List the scenes in `input_dir` (sub-folders and loose mesh files), sorted by name."""
     root = Path(input_dir)
-    sources: dict[str, _SceneSource] = {}
+    sources: dict[str, RawScene] = {}
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -171,7 +182,7 @@ def discover_scenes(input_dir: str | Path) -> list[_SceneSource]:
             name = _safe_name(entry.stem if entry.is_file() else entry.name)
             while name in sources:
                 name += "_"
-            sources[name] = _SceneSource(name, entry)
+            sources[name] = RawScene(name, entry)
     return list(sources.values())
 
 
@@ -229,7 +240,7 @@ def _load_npy_surface(path: Path, allow_pickle_npy: bool, problems: _Problems) -
     return points.astype(np.float64), normals.astype(np.float64)
 
 
-def _load_instances(source: _SceneSource, allow_pickle_npy: bool, problems: _Problems) -> list[_Instance]:
+def _load_instances(source: RawScene, allow_pickle_npy: bool, problems: _Problems) -> list[_Instance]:
     """Load a scene's instances in id order (sorted by file name, or node name for a one-file scene)."""
     if source.path.is_file():
         files = [source.path]
@@ -277,7 +288,12 @@ def _check_mesh(instance: _Instance, problems: _Problems) -> bool:
     if mesh.is_watertight:
         mesh.fix_normals()  # consistent outward winding, so face normals point out of the solid
     else:
-        problems.warn(instance.source, "is not watertight (holes or non-manifold edges); surface samples are still taken, but inside/outside is ambiguous for the VAE")
+        _, uses = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
+        problems.warn(
+            instance.source,
+            f"is not watertight ({int((uses == 1).sum())} boundary edges, {int((uses > 2).sum())} non-manifold edges); "
+            "its surface is still sampled, but inside/outside is ambiguous for the VAE",
+        )
     return True
 
 
@@ -313,7 +329,7 @@ def _read_id_map(path: Path, problems: _Problems) -> np.ndarray | None:
 
 
 def _scene_image(
-    source: _SceneSource, instances: list[_Instance], meshes: list[trimesh.Trimesh | None], job: _SceneJob, problems: _Problems
+    source: RawScene, instances: list[_Instance], meshes: list[trimesh.Trimesh | None], job: _SceneJob, problems: _Problems
 ) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """Return (rgb (S, S, 3) uint8, ids (S, S), manifest entry) from the given files or a fresh render."""
     size = job.image_size
@@ -422,6 +438,8 @@ def _prepare_scene_checked(job: _SceneJob, problems: _Problems) -> None:
                 normals = mesh.face_normals[face_index]
             else:
                 src_points, src_normals = instance.surface
+                if len(src_points) < job.num_samples:
+                    problems.warn(instance.source, f"has {len(src_points)} points, fewer than num_samples {job.num_samples}; points are repeated")
                 pick = rng.choice(len(src_points), job.num_samples, replace=len(src_points) < job.num_samples)
                 points, normals = (src_points[pick] - center) / scale, src_normals[pick]
             normals = normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)

@@ -11,6 +11,7 @@ layout a user would bring (per-instance .ply meshes + image.png + seg.png), so t
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def write_synthetic_raw_scenes(
         scene_seed = seed * 100_003 + index
         scene = generate_synthetic_scene(scene_seed, domain)
         folder = root / f"scene_{index:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists():  # a scene from an earlier run may hold more instances than this one
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
         for name, mesh in zip(scene.names, scene.meshes):
             mesh.export(folder / f"{name}.ply")
         # The rasteriser looks at the origin, so centre the view on the scene's bounding box.

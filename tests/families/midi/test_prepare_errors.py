@@ -110,6 +110,8 @@ def test_non_watertight_mesh_is_a_warning_and_still_sampled(prepared):
     root, report = prepared
     warnings = [(p.scene, p.file) for p in report.warnings]
     assert ("open_box", "open.obj") in warnings
+    message = next(p.message for p in report.warnings if p.file == "open.obj")
+    assert "3 boundary edges, 0 non-manifold edges" in message
     scene = load_prepared_scene(root / "out" / "open_box")
     assert scene.surface_points[0].shape == (256, 3)
 
