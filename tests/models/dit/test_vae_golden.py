@@ -97,3 +97,26 @@ def test_logvar_is_clamped():
     params = torch.cat([torch.zeros(1, 2, 3), torch.tensor([[[-50.0, 0.0, 50.0]] * 2])], dim=-1)
     dist = DiagonalGaussian(params)
     assert dist.logvar.min().item() == -30.0 and dist.logvar.max().item() == 20.0
+
+
+def test_default_config_has_the_hub_parameter_count():
+    with torch.device("meta"):
+        vae = TripoSGVAEModel()  # defaults = hub vae/config.json (reference/midi.md §3.1)
+    assert sum(p.numel() for p in vae.parameters()) == 242_662_017
+
+
+def test_hub_style_folder_loads_with_from_pretrained(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = json.loads((GOLDEN / "vae_decode.config.json").read_text())["constructor_kwargs"]
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"_class_name": "TripoSGVAEModel", "_diffusers_version": "0.30.3", **cfg})
+    )
+    save_file(load_file(GOLDEN / "vae_decode.weights.safetensors"), folder / "diffusion_pytorch_model.safetensors")
+    vae = TripoSGVAEModel.from_pretrained(folder).eval()
+    io = load_file(GOLDEN / "vae_decode.io.safetensors")
+    with torch.no_grad():
+        sdf = vae.decode(io["latents"], sampled_points=io["queries"]).sample
+    torch.testing.assert_close(sdf, io["sdf"], **TOL)
