@@ -1,0 +1,266 @@
+"""Provides MIDI's training objective and evaluation: rectified-flow matching, validation loss, Chamfer distance.
+
+Training (TripoSG's sign, engine/models/dit/flow.py): x0 ~ the frozen VAE posterior, sigma ~ logit-normal
+(one per scene, as all instances of a scene share the timestep at inference), x_sigma = (1 - sigma) x0 +
+sigma noise, target x0 - noise, MSE averaged over the real instances only. Both image conditions of a
+scene are replaced by zeros with probability `cfg_dropout` (the unconditional branch of CFG).
+Random draws use torch's global RNG in a fixed order: posterior eps, sigmas, CFG drop, noise.
+
+Evaluation: the same loss at a fixed grid of sigmas with noise from a fixed generator (no dropout), and
+optionally a few scenes generated with CFG, meshed and compared to the ground-truth surface points by
+Chamfer distance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.families.midi.latents import FrozenParts, encode_conditions, encode_posterior, sample_posterior
+from engine.models.dit.flow import RectifiedFlowScheduler, add_noise, flow_target, sample_logit_normal_sigmas
+
+__all__ = [
+    "batch_conditions",
+    "batch_posterior",
+    "chamfer_distance",
+    "condition_kwargs",
+    "flow_loss",
+    "generate_latents",
+    "mesh_surface_points",
+    "unwrap",
+]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The DiT inside a DDP / compiled wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def frozen_parts(model: nn.Module) -> FrozenParts:
+    """The frozen VAE/encoders attached to the DiT by the family, moved to the DiT's device."""
+    inner = unwrap(model)
+    frozen: FrozenParts = inner.midi_frozen
+    device = next(inner.parameters()).device
+    if frozen.device != device:
+        frozen.to(device)
+    return frozen
+
+
+def batch_posterior(model: nn.Module, batch: dict[str, Any], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B*K, T, C) posterior mean and log-variance: from the cache, or encoded now by the frozen VAE."""
+    if "latent_mean" in batch:
+        return batch["latent_mean"].float(), batch["latent_logvar"].float()
+    frozen = frozen_parts(model)
+    frozen.calls["vae"] += 1
+    return encode_posterior(frozen.vae, batch["surface"], num_tokens)
+
+
+def batch_conditions(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(B*K, 1, Dc) CLIP tokens (None for TripoSG) and (B*K, M, Dd) DINOv2 tokens: cached or encoded now."""
+    if "dino" in batch:
+        return batch.get("clip"), batch["dino"]
+    frozen = frozen_parts(model)
+    return encode_conditions(frozen, batch["instance_images"], batch["scene_images"], batch["masks"])
+
+
+def condition_kwargs(model: nn.Module, clip: torch.Tensor | None, dino: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The DiT's keyword conditions: MIDI has CLIP -> attn2 and DINOv2 -> attn2_2; TripoSG DINOv2 -> attn2."""
+    dtype = next(p for p in unwrap(model).parameters()).dtype
+    if unwrap(model).config.use_cross_attention_2:
+        return {"encoder_hidden_states": clip.to(dtype), "encoder_hidden_states_2": dino.to(dtype)}
+    return {"encoder_hidden_states": dino.to(dtype)}
+
+
+def _per_instance_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # (B*K,)
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def flow_loss(
+    model: nn.Module,
+    batch: dict[str, Any],
+    num_tokens: int,
+    cfg_dropout: float,
+    logit_mean: float,
+    logit_std: float,
+    weighting: str = "logit_normal",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's flow-matching loss (mean over real instances) and extra metrics."""
+    mean, logvar = batch_posterior(model, batch, num_tokens)
+    clip, dino = batch_conditions(model, batch)
+    slots = int(batch["num_instances_per_batch"])
+    counts = batch["num_instances"]
+    scenes = counts.shape[0]
+    device = mean.device
+    # 1. Latents: sampled from the posterior exactly as encoding on the fly would.
+    x0 = sample_posterior(mean.to(device), logvar.to(device))
+    # 2. One noise level per scene.
+    if weighting == "uniform":
+        sigma_scene = torch.rand(scenes).clamp(1e-6, 1 - 1e-6)
+    else:
+        sigma_scene = sample_logit_normal_sigmas(scenes, logit_mean, logit_std)
+    sigma = sigma_scene.to(device).repeat_interleave(slots)
+    # 3. CFG dropout: both conditions of a scene become zeros.
+    keep = (torch.rand(scenes) >= cfg_dropout).to(device).repeat_interleave(slots)
+    if clip is not None:
+        clip = clip * keep[:, None, None].to(clip.dtype)
+    dino = dino * keep[:, None, None].to(dino.dtype)
+    # 4. Noise and the velocity target.
+    noise = torch.randn_like(x0)
+    x_t = add_noise(x0, noise, sigma)
+    pred = model(
+        x_t,
+        sigma * 1000.0,
+        **condition_kwargs(model, clip, dino),
+        attention_kwargs={"num_instances": counts.tolist(), "num_instances_per_batch": slots},
+    ).sample
+    per_instance = _per_instance_mse(pred, flow_target(x0, noise))
+    real = batch["real"].to(device)
+    loss = per_instance[real].mean()
+    metrics = {"cfg_dropped": float(1.0 - keep.float().mean()), "sigma_mean": float(sigma_scene.mean())}
+    return loss, metrics
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, batch: dict[str, Any], num_tokens: int, sigmas: list[float], seed: int
+) -> tuple[float, int]:
+    """Summed loss over real instances x sigma grid (deterministic noise from `seed`) and the count."""
+    mean, logvar = batch_posterior(model, batch, num_tokens)
+    clip, dino = batch_conditions(model, batch)
+    device = mean.device
+    slots = int(batch["num_instances_per_batch"])
+    counts = batch["num_instances"]
+    real = batch["real"].to(device)
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.randn(mean.shape, generator=gen).to(device)
+    x0 = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps
+    total, count = 0.0, 0
+    kwargs = condition_kwargs(model, clip, dino)
+    for s in sigmas:
+        noise = torch.randn(mean.shape, generator=gen).to(device)
+        sigma = torch.full((mean.shape[0],), float(s), device=device)
+        pred = model(
+            add_noise(x0, noise, sigma), sigma * 1000.0, **kwargs,
+            attention_kwargs={"num_instances": counts.tolist(), "num_instances_per_batch": slots},
+        ).sample
+        per_instance = _per_instance_mse(pred, flow_target(x0, noise))
+        total += float(per_instance[real].sum())
+        count += int(real.sum())
+    return total, count
+
+
+@torch.no_grad()
+def generate_latents(
+    model: nn.Module,
+    clip: torch.Tensor | None,  # (n, 1, Dc)
+    dino: torch.Tensor,  # (n, M, Dd)
+    num_tokens: int,
+    steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+) -> torch.Tensor:  # (n, T, C)
+    """Samples one scene's n instance latents jointly (MIDI's inference layout, CFG with zero conditions)."""
+    inner = unwrap(model)
+    count = dino.shape[0]
+    device = dino.device
+    shape = (count, num_tokens, inner.config.in_channels)
+    cond = condition_kwargs(model, clip, dino)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, **c: torch.Tensor) -> torch.Tensor:
+        return model(x, t, **c, attention_kwargs={"num_instances": count}).sample
+
+    latents = torch.randn(shape, generator=generator).to(device)
+    return RectifiedFlowScheduler().sample(
+        velocity, shape, num_steps=steps, guidance_scale=guidance_scale, cond=cond, latents=latents, device=device
+    )
+
+
+def mesh_surface_points(mesh: Any, count: int, seed: int) -> np.ndarray | None:
+    """(count, 3) points sampled on a trimesh, or None when the mesh is empty."""
+    if len(getattr(mesh, "faces", [])) == 0:
+        return None
+    import trimesh
+
+    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points, dtype=np.float32)
+
+
+def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> float:  # (N, 3), (M, 3)
+    """Symmetric Chamfer distance: mean nearest-neighbour distance a->b plus b->a (not squared)."""
+    d = torch.cdist(a.float()[None], b.float()[None])[0]
+    return float(d.min(dim=1).values.mean() + d.min(dim=0).values.mean())
+
+
+CHAMFER_MISSING = 1.0
+"""Chamfer distance charged for an instance whose generated field has no surface (half the frame's width)."""
+
+
+@torch.no_grad()
+def scene_chamfer(
+    model: nn.Module,
+    clip: torch.Tensor | None,  # (n, 1, Dc)
+    dino: torch.Tensor,  # (n, M, Dd)
+    gt_points: torch.Tensor,  # (n, G, 3)
+    num_tokens: int,
+    steps: int,
+    guidance_scale: float,
+    octree_resolution: int,
+    seed: int,
+) -> tuple[list[float], int]:
+    """Generates one scene, meshes each instance and returns per-instance Chamfer distances and surfaces found."""
+    from engine.models.dit.mesh import extract_mesh
+
+    frozen = frozen_parts(model)
+    generator = torch.Generator().manual_seed(seed)
+    latents = generate_latents(model, clip, dino, num_tokens, steps, guidance_scale, generator)
+    meshes = extract_mesh(frozen.vae, latents.to(next(frozen.vae.parameters()).dtype), octree_resolution=octree_resolution)
+    distances, found = [], 0
+    for index, mesh in enumerate(meshes):
+        points = mesh_surface_points(mesh, gt_points.shape[1], seed + index)
+        if points is None:
+            distances.append(CHAMFER_MISSING)
+            continue
+        found += 1
+        distances.append(chamfer_distance(torch.from_numpy(points), gt_points[index].cpu()))
+    return distances, found
+
+
+@torch.no_grad()
+def evaluate_scenes(model: nn.Module, batches: Any, profile: Any, with_chamfer: bool) -> dict[str, float]:
+    """Validation loss on the fixed sigma grid and, when asked, Chamfer distance of a few generated scenes."""
+    data, options = profile.data, profile.model
+    total, count = 0.0, 0
+    distances: list[float] = []
+    found = 0
+    scenes_done = 0
+    for index, batch in enumerate(batches):
+        loss_sum, n = validation_loss(model, batch, options.num_tokens, list(data.eval_sigmas),
+                                      seed=profile.train.seed * 1_000_003 + index)
+        total += loss_sum
+        count += n
+        if not with_chamfer or scenes_done >= data.eval_chamfer_scenes:
+            continue
+        clip, dino = batch_conditions(model, batch)
+        slots = int(batch["num_instances_per_batch"])
+        for scene, real in enumerate(batch["num_instances"].tolist()):
+            if scenes_done >= data.eval_chamfer_scenes:
+                break
+            rows = slice(scene * slots, scene * slots + real)
+            d, f = scene_chamfer(
+                model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows],
+                options.num_tokens, data.eval_sample_steps, data.eval_guidance_scale, data.eval_octree_resolution,
+                seed=profile.train.seed + scenes_done,
+            )
+            distances.extend(d)
+            found += f
+            scenes_done += 1
+    metrics = {"val_loss": total / max(count, 1)}
+    if distances:
+        metrics["val_chamfer"] = float(np.mean(distances))
+        metrics["val_surface_found"] = found / len(distances)
+    return metrics
