@@ -9,6 +9,7 @@ VAST-AI-Research/MIDI-3D@b6ec9f6:midi/models/transformers/triposg_transformer.py
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,17 @@ class DiTBlock(nn.Module):
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
+def _block_index(value: object, num_layers: int) -> int | None:
+    """`value` as a block index (ints and numpy/torch integers), or None when it is not a valid one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        index = operator.index(value)
+    except TypeError:
+        return None
+    return index if 0 <= index < num_layers else None
+
+
 class TripoSGDiTModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
     """Rectified-flow DiT over a set of VAE latent tokens, conditioned by cross-attention.
 
@@ -202,13 +214,13 @@ class TripoSGDiTModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin)
         """
         wanted = list(blocks)
         num_layers = len(self.blocks)
-        bad = [b for b in wanted if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_layers]
+        bad = [b for b in wanted if _block_index(b, num_layers) is None]
         if bad:
             raise ProfileError(
                 f"`multi_instance_blocks`: block indices out of range, got {bad!r}. "
                 f"Use integers in 0..{num_layers - 1} (this model has num_layers={num_layers})."
             )
-        chosen = set(wanted)
+        chosen = {_block_index(b, num_layers) for b in wanted}
         for i, block in enumerate(self.blocks):
             block.attn1.set_processor(MultiInstanceAttnProcessor() if i in chosen else TripoSGAttnProcessor())
 

@@ -62,7 +62,13 @@ def test_block_selection_is_exact_not_a_prefix_match():
     assert model.multi_instance_blocks == []
 
 
-@pytest.mark.parametrize("blocks", [[12], [-1], [0, 30], ["3"]])
+def test_integer_like_block_indices_are_accepted():
+    model = _tiny(num_layers=12)
+    model.set_multi_instance_attention([torch.tensor(8), *range(9, 11), 11])
+    assert model.multi_instance_blocks == [8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("blocks", [[12], [-1], [0, 30], ["3"], [1.0], [True]])
 def test_out_of_range_blocks_raise_profile_error_with_valid_range(blocks):
     model = _tiny(num_layers=12)
     with pytest.raises(ProfileError, match=r"0\.\.11"):
