@@ -84,6 +84,11 @@ class ImagePreprocessor:
         Returns:
             (B, 3, h, w) float32 pixel values.
         """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise DataError(
+                f"image: expected a (B, 3, H, W) RGB batch, got shape {tuple(images.shape)!r}. "
+                "Convert images to RGB (drop alpha) and stack them channels-first."
+            )
         x = images.float() * self.rescale_factor if images.dtype == torch.uint8 else images.float()
         h, w = self._resized_hw(*x.shape[-2:])
         if (h, w) != tuple(x.shape[-2:]):

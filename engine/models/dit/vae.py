@@ -248,6 +248,11 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
+    @classmethod
+    def from_mean_logvar(cls, mean: torch.Tensor, logvar: torch.Tensor) -> DiagonalGaussian:
+        """Rebuild a posterior from stored mean and log-variance (e.g. a latent cache), both (..., C)."""
+        return cls(torch.cat([mean, logvar], dim=-1))
+
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw `mean + std * eps` with eps from `generator` (drawn on the generator's device)."""
         device = generator.device if generator is not None else self.mean.device

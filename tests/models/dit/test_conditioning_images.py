@@ -105,6 +105,8 @@ def test_preprocessor_matches_transformers_processor():
     assert got.shape == ref.shape == (1, 3, 224, 224)
     # PIL resizes uint8 (one step = 1/255/std ~ 0.015 here); torch resizes float.
     assert (got - ref).abs().max() < 0.03 and (got - ref).abs().mean() < 0.01
+    with pytest.raises(DataError, match="RGB"):
+        CLIP_DEFAULTS(torch.zeros(1, 4, 8, 8))
     # float [0, 1] input is the same as uint8 input
     torch.testing.assert_close(CLIP_DEFAULTS(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255), got)
 

@@ -97,6 +97,8 @@ def test_logvar_is_clamped():
     params = torch.cat([torch.zeros(1, 2, 3), torch.tensor([[[-50.0, 0.0, 50.0]] * 2])], dim=-1)
     dist = DiagonalGaussian(params)
     assert dist.logvar.min().item() == -30.0 and dist.logvar.max().item() == 20.0
+    again = DiagonalGaussian.from_mean_logvar(dist.mean, dist.logvar)
+    assert torch.equal(again.mean, dist.mean) and torch.equal(again.std, dist.std)
 
 
 def test_default_config_has_the_hub_parameter_count():
