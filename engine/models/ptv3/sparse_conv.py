@@ -20,7 +20,10 @@ from torch import nn
 from engine.errors import HardwareError
 
 SPARSE_CONV_BACKENDS = ("auto", "torch", "spconv")
-_DENSE_TABLE_MAX = 1 << 24  # cells; 128 MiB of int64 at most for the dense neighbour lookup
+# The dense neighbour lookup table is used when it has at most this many cells (128 MiB of int64)
+# or at most this many cells per neighbour query; otherwise sorted keys are binary-searched.
+_DENSE_TABLE_MAX = 1 << 24
+_DENSE_CELLS_PER_QUERY = 16
 
 
 def _import_spconv() -> Any | None:
@@ -56,7 +59,7 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     """Finds, for every kernel offset, which active sites read which active neighbours.
 
     Sites are hashed to `((b * E0 + x) * E1 + y) * E2 + z` on a grid padded by k//2. When that grid
-    is small (at most `_DENSE_TABLE_MAX` cells, or 16 cells per site and offset) a dense lookup table
+    is small (see `_DENSE_TABLE_MAX`) a dense lookup table
     answers all queries with one gather; otherwise the sorted keys are searched with `searchsorted`.
 
     Args:
@@ -83,7 +86,7 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     flat_offsets = torch.cat([torch.arange(centre), torch.arange(centre + 1, delta.shape[0])]).to(device)
     delta_key = (delta[flat_offsets] * strides).sum(1)  # (k^3-1,)
     table_size = num_scenes * extent[0] * extent[1] * extent[2]
-    dense = table_size <= max(_DENSE_TABLE_MAX, 16 * n * delta.shape[0])
+    dense = table_size <= max(_DENSE_TABLE_MAX, _DENSE_CELLS_PER_QUERY * n * delta.shape[0])
     if dense:
         table = torch.full((table_size,), -1, dtype=torch.long, device=device)
         table[site_key] = torch.arange(n, device=device)
