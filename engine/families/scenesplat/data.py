@@ -313,6 +313,9 @@ class SceneFolderDataset(torch.utils.data.Dataset):
     """The scenes of one split of a SceneSplat-layout dataset, as transformed samples.
 
     Sample i is reproducible: its transforms draw from `np.random.default_rng((seed, epoch, i))`.
+    With on_error="skip", scenes whose headers are bad are dropped at construction and scenes that
+    fail to load later are replaced by the next good one; `skipped` lists both (in DataLoader
+    worker processes, the later ones are recorded in the worker's copy only).
 
     Args:
         root: dataset root holding `train/`, `val/`, `test/`.

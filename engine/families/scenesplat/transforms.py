@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.families.scenesplat.data import normalize_color
+
 # Keys indexed per point by the transforms that select points.
 POINT_KEYS = (
     "coord",
@@ -320,13 +322,13 @@ class ChromaticJitter(Transform):
 
 
 class NormalizeColor(Transform):
-    """Maps uint8 (or 0..255 float) colours to [-1, 1] as `color / 127.5 - 1`.
+    """Maps stored colours to [-1, 1] as `data.normalize_color` does (uint8: `color / 127.5 - 1`).
 
     Samples from `SceneFolderDataset` are already in [-1, 1]; use this only on raw `load_scene` output.
     """
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        return {**sample, "color": sample["color"].astype(np.float32) / 127.5 - 1.0}
+        return {**sample, "color": normalize_color(sample["color"])}
 
 
 class GridSample(Transform):

@@ -17,6 +17,8 @@ from engine.families.scenesplat.transforms import (
     Collect,
     Compose,
     GridSample,
+    NormalizeColor,
+    RandomDropout,
     RandomFlip,
     RandomJitter,
     RandomRotate,
@@ -187,3 +189,13 @@ def test_seeded_transforms_and_pipelines_are_reproducible(sample):
     v1, v2 = val(sample, rng=np.random.default_rng(1)), val(sample, rng=np.random.default_rng(2))
     np.testing.assert_array_equal(v1["feat"], v2["feat"])
     assert len(np.unique(v1["grid_coord"], axis=0)) == len(v1["grid_coord"]) and v1["grid_coord"].min() >= 0
+
+
+def test_normalize_color_and_dropout_on_raw_scenes():
+    room = generate_room(np.random.default_rng(5), "B", 1000)
+    out = NormalizeColor()({"coord": room["coord"], "color": room["color"]})
+    np.testing.assert_allclose(out["color"], room["color"] / 127.5 - 1, atol=1e-6)
+    dropped = RandomDropout(dropout_ratio=0.25, p=1.0)(dict(room), rng=np.random.default_rng(0))
+    assert len(dropped["coord"]) == 600 == len(dropped["segment"]) == len(dropped["quat"])
+    kept = {tuple(p) for p in room["coord"]}
+    assert all(tuple(p) in kept for p in dropped["coord"])
