@@ -9,6 +9,8 @@ bare state dicts with or without `backbone.` are accepted too. `.pth` files are 
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +59,17 @@ def _read_file(path: Path) -> object:
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{path}: not a readable safetensors file, got {type(exc).__name__}: {exc}. "
                                   "Re-download or re-export the file.") from exc
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    # torch.save writes a zip archive; the legacy format is a bare pickle stream (protocol 2+).
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, got a file that is neither a torch "
+                              "zip archive nor a pickle stream. Re-download or re-save the file.")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else "a pickled object"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        detail = found.group(1) if found else str(exc).splitlines()[0]
         raise CheckpointError(
             f"{path}: the checkpoint holds objects that need unsafe pickle loading, got {detail!r}. "
             + _CONVERT_HINT.format(path=path) + "."
