@@ -51,9 +51,23 @@ class MemoryDescription:
     other_trainable_params: int
     tokens_per_sample: int
     layers: list[dict[str, Any]] = field(default_factory=list)
-    """Per transformer/conv layer: `{"name", "width", "tokens_factor", "heads", "seq"}`."""
+    """Per transformer/conv layer: `{"name", "width", "tokens_factor", "heads", "seq"}` plus the saved
+    elements per token `fp32_elems`, `half_elems`, `rank_elems` (per unit of rank), `ckpt_elems`,
+    `checkpointable` and `scores_stored` (see `engine.memory.estimate.activation_bytes`)."""
     extra_bytes: int = 0
     """Family-specific fixed buffers (caches, frozen encoders kept on device)."""
+    frozen_bytes: int | None = None
+    """Bytes of the frozen parameters in their dtype; None means 4 x `frozen_params` (fp32)."""
+    rank: int = 0
+    """The LoRA rank `lora_params` was counted at."""
+    lora_params_per_rank: int = 0
+    """LoRA parameters per unit of rank, so the planner can vary the rank without re-describing."""
+    input_bytes_per_token: float = 0.0
+    """Bytes of the micro-batch's input tensors per token (features, targets, coordinates)."""
+    index_bytes_per_token: float = 0.0
+    """Bytes of integer buffers per token (serialization orders, neighbour maps, padding plans)."""
+    notes: list[str] = field(default_factory=list)
+    """Defaults and assumptions the description used (shown by `lora3d plan`)."""
 
 
 class Family:

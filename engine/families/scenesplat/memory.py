@@ -1,0 +1,219 @@
+"""Provides the SceneSplat family's memory description: PTv3 parameter counts and activations per point.
+
+Everything is counted from the backbone's keyword arguments (no model is built), so the wizard's Plan
+screen stays fast. Tokens are points per scene after voxelisation: `data.point_budget` when set, the
+synthetic room size for the built-in data, else `DEFAULT_POINTS_PER_SCENE` (SceneSplat's own budget).
+
+Assumptions:
+- Each pooling of stride s keeps 1/s^2 of the points: Gaussians lie on surfaces, so an octree parent
+  cell holds about four children (not eight, as a filled volume would).
+- Patch attention is O(points x patch) and stores no score matrix (SDPA flash/memory-efficient
+  kernels); `enable_rpe` or upcasting forces the math path, which stores heads x patch per point.
+- A submanifold 3x3x3 neighbourhood holds about `_NEIGHBOURS_K3` active sites on a surface, 5x5x5
+  about `_NEIGHBOURS_K5` (neighbour maps are int64 pairs, built once per level).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.families.base import MemoryDescription
+
+DEFAULT_POINTS_PER_SCENE = 192_000
+"""Points per scene when the profile sets no `data.point_budget` (SceneSplat's training budget)."""
+
+_PTV3_DEFAULTS: dict[str, Any] = dict(
+    in_channels=6, order=("z", "z-trans"), stride=(2, 2, 2, 2), enc_depths=(2, 2, 2, 6, 2),
+    enc_channels=(32, 64, 128, 256, 512), enc_num_head=(2, 4, 8, 16, 32), enc_patch_size=(48,) * 5,
+    dec_depths=(2, 2, 2, 2), dec_channels=(64, 64, 128, 256), dec_num_head=(4, 4, 8, 16),
+    mlp_ratio=4, qkv_bias=True, enable_rpe=False, upcast_attention=False, upcast_softmax=False,
+    enc_mode=False, cls_mode=False,
+)
+"""PointTransformerV3's constructor defaults, for keys a custom backbone mapping leaves out."""
+
+_NEIGHBOURS_K3 = 10
+_NEIGHBOURS_K5 = 25
+_PROMPT_HIDDEN = 32
+_INPUT_BYTES_PER_POINT = 12 + 24 + 8 + 8
+"""coord (3 x fp32), grid_coord (3 x int64), segment and batch index (int64) per point."""
+
+
+def _config(profile: Any) -> dict[str, Any]:
+    from engine.families.scenesplat.family import backbone_config
+
+    config = dict(_PTV3_DEFAULTS)
+    config.update(backbone_config(profile))
+    for key in ("order", "stride", "enc_depths", "enc_channels", "enc_num_head", "enc_patch_size",
+                "dec_depths", "dec_channels", "dec_num_head"):
+        value = config[key]
+        config[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
+    return config
+
+
+def points_per_scene(profile: Any) -> tuple[int, str]:
+    """Points per scene the estimate uses, and where the number comes from."""
+    data = profile.data
+    budget = getattr(data, "point_budget", None)
+    if budget:
+        if data.root is None:
+            return min(int(budget), int(data.synthetic_points)), "`data.point_budget` (synthetic rooms)"
+        return int(budget), "`data.point_budget`"
+    if data.root is None:
+        return int(data.synthetic_points), "`data.synthetic_points`"
+    return DEFAULT_POINTS_PER_SCENE, f"no `data.point_budget`: assumed {DEFAULT_POINTS_PER_SCENE} points per scene"
+
+
+def _block_params(c: int, mlp_ratio: float, qkv_bias: bool) -> int:
+    h = int(c * mlp_ratio)
+    cpe = 27 * c * c + c + c * c + c + 2 * c
+    attn = 3 * c * c + (3 * c if qkv_bias else 0) + c * c + c
+    mlp = c * h + h + h * c + c
+    return cpe + 2 * c + attn + 2 * c + mlp
+
+
+def _target_stage_names(profile: Any, num_enc: int, num_dec: int) -> set[str]:
+    """Stage names (`enc{s}`, `dec{s}`) the family's `inject_lora` adapts (mirrors its rules)."""
+    lora = profile.lora
+    stages = lora.target_stages
+    if stages is None and lora.preset is not None:
+        rule = {"minimal": "last_two", "decoder_only": "decoder"}.get(lora.preset)
+        if rule == "last_two":
+            stages = [f"enc{s}" for s in range(num_enc)][-2:]
+        elif rule == "decoder":
+            return {f"dec{s}" for s in range(num_dec)}
+    names: set[str] = set()
+    if stages is None:
+        names |= {f"enc{s}" for s in range(num_enc)}
+        if not lora.encoder_only:
+            names |= {f"dec{s}" for s in range(num_dec)}
+        return names
+    for stage in stages:
+        if isinstance(stage, str):
+            names.add(stage)
+        else:
+            names.add(f"enc{stage}")
+            if not lora.encoder_only and stage < num_dec:
+                names.add(f"dec{stage}")
+    return names
+
+
+def describe_memory(profile: Any) -> MemoryDescription:
+    """The PTv3 description at the profile's settings (see the module docstring for assumptions)."""
+    from engine.families.scenesplat.family import num_classes_of, output_width, task_of
+
+    cfg = _config(profile)
+    lora = profile.lora
+    modules = set(lora.target_modules or ["attn"])
+    ratio = float(cfg["mlp_ratio"])
+    enc_ch, enc_depths, enc_heads = cfg["enc_channels"], cfg["enc_depths"], cfg["enc_num_head"]
+    patches = cfg["enc_patch_size"]
+    num_enc = len(enc_depths)
+    enc_mode = bool(cfg["enc_mode"] or cfg["cls_mode"])
+    num_dec = 0 if enc_mode else num_enc - 1
+    dec_ch = tuple(cfg["dec_channels"][:num_dec]) + (enc_ch[-1],)
+    scores_stored = bool(cfg["enable_rpe"] or cfg["upcast_attention"] or cfg["upcast_softmax"])
+    n_orders = len(cfg["order"])
+    targets = _target_stage_names(profile, num_enc, num_dec)
+
+    # Tokens per level relative to the input points (surface assumption: 1/stride^2 per pooling).
+    factors = [1.0]
+    for s in cfg["stride"][: num_enc - 1]:
+        factors.append(factors[-1] / float(s) ** 2)
+
+    frozen = 125 * cfg["in_channels"] * enc_ch[0] + 2 * enc_ch[0]
+    lora_per_rank = 0
+    prompt_params = 0
+    layers: list[dict[str, Any]] = [{
+        "name": "stem", "width": enc_ch[0], "tokens_factor": 1.0, "checkpointable": False,
+        "fp32_elems": cfg["in_channels"] + 2 * enc_ch[0], "half_elems": enc_ch[0],
+    }]
+
+    def add_stage(name: str, c: int, depth: int, heads: int, patch: int, factor: float) -> None:
+        nonlocal frozen, lora_per_rank, prompt_params
+        h = int(c * ratio)
+        adapted = name in targets
+        per_block_rank = 0
+        rank_elems = 0.0
+        dropout_elems = 0.0
+        if adapted and "attn" in modules:
+            per_block_rank += (c + 3 * c) + (c + c)
+            rank_elems += 2
+            dropout_elems += 2 * c
+        if adapted and "mlp" in modules:
+            per_block_rank += (c + h) + (h + c)
+            rank_elems += 2
+            dropout_elems += c + h
+        if adapted and lora.enable_prompt:
+            outs = ([3 * c, c] if "attn" in modules else []) + ([h, c] if "mlp" in modules else [])
+            ins = ([c, c] if "attn" in modules else []) + ([c, h] if "mlp" in modules else [])
+            prompt_params += sum(i * _PROMPT_HIDDEN + _PROMPT_HIDDEN + _PROMPT_HIDDEN * o + o for i, o in zip(ins, outs))
+        if lora.dropout <= 0:
+            dropout_elems = 0.0
+        for i in range(depth):
+            frozen += _block_params(c, ratio, bool(cfg["qkv_bias"]))
+            lora_per_rank += per_block_rank
+            layers.append({
+                "name": f"{name}.block{i}", "width": c, "heads": heads, "seq": patch, "tokens_factor": factor,
+                # LayerNorm inputs (cpe, norm1, norm2) and the conv's saved input stay fp32.
+                "fp32_elems": 4 * c,
+                # cpe linear in, qkv in, q/k/v, attention out, proj in, fc1 in, GELU in, fc2 in.
+                "half_elems": 7 * c + 2 * h + 1.25 * dropout_elems,
+                "rank_elems": rank_elems,
+                "ckpt_elems": 2 * c,
+                "checkpointable": True,
+                "scores_stored": scores_stored,
+            })
+
+    for s in range(num_enc):
+        if s > 0:
+            cin, cout = enc_ch[s - 1], enc_ch[s]
+            frozen += cin * cout + cout + 2 * cout
+            layers.append({"name": f"enc{s}.down", "width": cout, "tokens_factor": factors[s], "checkpointable": False,
+                           "fp32_elems": cout, "half_elems": cin + cout})
+        add_stage(f"enc{s}", enc_ch[s], enc_depths[s], enc_heads[s], patches[s], factors[s])
+    for s in reversed(range(num_dec)):
+        cin, skip, cout = dec_ch[s + 1], enc_ch[s], dec_ch[s]
+        frozen += (cin * cout + 3 * cout) + (skip * cout + 3 * cout)
+        layers.append({"name": f"dec{s}.up", "width": cout, "tokens_factor": factors[s], "checkpointable": False,
+                       "fp32_elems": 2 * cout, "half_elems": skip + 2 * cout})
+        add_stage(f"dec{s}", cout, cfg["dec_depths"][s], cfg["dec_num_head"][s], patches[s], factors[s])
+
+    out = output_width(cfg)
+    task = task_of(profile)
+    other_trainable = 0
+    input_bytes = _INPUT_BYTES_PER_POINT + 4 * cfg["in_channels"]
+    if task == "semseg":
+        classes = num_classes_of(profile)
+        head = out * classes + classes
+        if profile.model.train_head:
+            other_trainable += head
+        else:
+            frozen += head
+        layers.append({"name": "seg_head", "width": classes, "tokens_factor": 1.0, "checkpointable": False,
+                       "fp32_elems": 2 * classes, "half_elems": out})
+    else:
+        lang_dim = profile.model.lang_dim or out
+        input_bytes += 4 * lang_dim  # the per-point SigLIP target features
+        layers.append({"name": "lang_loss", "width": out, "tokens_factor": 1.0, "checkpointable": False,
+                       "fp32_elems": 4 * out, "half_elems": 0})
+    other_trainable += prompt_params
+
+    index_bytes = 16 * _NEIGHBOURS_K5
+    for f in factors[:num_enc]:
+        index_bytes += f * (3 * 8 * n_orders + 16 * _NEIGHBOURS_K3 + 16)
+    points, source = points_per_scene(profile)
+    notes = [f"points per scene: {points} ({source})",
+             "PTv3 attention: O(points x patch) through SDPA/flash, no stored scores"
+             if not scores_stored else "PTv3 attention: math path (enable_rpe/upcast) stores heads x patch per point"]
+    return MemoryDescription(
+        frozen_params=int(frozen),
+        lora_params=int(lora_per_rank * lora.r),
+        other_trainable_params=int(other_trainable),
+        tokens_per_sample=points,
+        layers=layers,
+        rank=lora.r,
+        lora_params_per_rank=int(lora_per_rank),
+        input_bytes_per_token=float(input_bytes),
+        index_bytes_per_token=float(index_bytes),
+        notes=notes,
+    )
