@@ -161,3 +161,23 @@ def test_lora_scale_zero_gives_base_output():
     assert (with_lora - expected).abs().max() > 1e-3
     torch.testing.assert_close(scaled_off, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(again, with_lora, rtol=0, atol=0)  # the scale is restored after the call
+
+
+@pytest.mark.parametrize(
+    ("config", "params", "keys", "processors", "lora_r16"),
+    [
+        ({}, 1_439_556_160, 554, 42, 10_321_920),  # TripoSG hub config (= the defaults)
+        ({"cross_attention_dim": 768, "cross_attention_2_dim": 1024}, 1_681_911_616, 743, 63, 14_966_784),  # MIDI
+    ],
+)
+def test_full_size_models_match_the_published_sizes(config, params, keys, processors, lora_r16):
+    """Sizes of the real checkpoints (reference/midi.md section 1.4), built on the meta device."""
+    from peft import inject_adapter_in_model
+
+    with torch.device("meta"):
+        model = TripoSGDiTModel(**config)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert len(model.state_dict()) == keys
+    assert len(model.attn_processors) == processors
+    inject_adapter_in_model(LoraConfig(r=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), model)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == lora_r16
