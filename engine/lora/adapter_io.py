@@ -4,7 +4,9 @@ On-disk forms:
 - a folder: ``adapter_config.json`` (written by `peft.LoraConfig.save_pretrained`),
   ``adapter_model.safetensors`` (PEFT key names, e.g. ``enc.enc3.block0.attn.qkv.lora_A.weight``, which
   `peft.set_peft_model_state_dict` and diffusers' ``load_lora_adapter`` accept) and ``lora3d_metadata.json``;
-- one ``.safetensors`` file, with the adapter config and the metadata as JSON strings in its header;
+- one ``.safetensors`` file, with the adapter config and the metadata as JSON strings in its header.
+  Both weight files carry the config under ``lora_adapter_metadata``, where diffusers' ``load_lora_adapter``
+  looks for alpha (without it diffusers assumes alpha = r);
 - ``.pth``/``.pt``/``.bin`` for reading only (``torch.load(weights_only=True)``): lora3d never writes pickles.
 
 Prompt MLP tensors are stored next to the LoRA tensors as ``lora3d_prompt.<stage>.<role>.{down,up}.*``.
@@ -46,6 +48,8 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 METADATA_NAME = "lora3d_metadata.json"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+"""safetensors header key where diffusers' `load_lora_adapter` reads the LoRA config (rank, alpha)."""
 _LEGACY_PARTS = ("lora_A", "lora_B")
 
 
@@ -162,7 +166,7 @@ def save_lora_checkpoint(
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"format": "pt", "adapter_config": config_json,
+            save_file(tensors, tmp, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json,
                                               "lora3d_metadata": meta_json})
             os.replace(tmp, path)
         finally:
@@ -171,7 +175,7 @@ def save_lora_checkpoint(
         return path
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        save_file(tensors, tmp_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_file(tensors, tmp_dir / WEIGHTS_NAME, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json})
         (tmp_dir / CONFIG_NAME).write_text(config_json)
         (tmp_dir / METADATA_NAME).write_text(meta_json)
         if path.exists():
@@ -216,8 +220,8 @@ def read_lora_checkpoint(path: str | os.PathLike) -> tuple[LoraConfig | None, di
             tensors = _read_safetensors(weights)[0]
         elif path.suffix == ".safetensors":
             tensors, header = _read_safetensors(path)
-            if "adapter_config" in header:
-                config = _config_from_dict(json.loads(header["adapter_config"]), path)
+            if DIFFUSERS_METADATA_KEY in header:
+                config = _config_from_dict(json.loads(header[DIFFUSERS_METADATA_KEY]), path)
             meta = json.loads(header.get("lora3d_metadata", "{}"))
         elif path.suffix in PICKLE_SUFFIXES:
             tensors, meta = _read_pickle(path)
@@ -283,7 +287,7 @@ def _check_architecture(model: nn.Module, meta: dict[str, Any], path: Path) -> N
     diffs = diff_parameter_shapes(meta.get("base_parameters", {}), base_parameter_shapes(model))
     raise CheckpointError(
         f"{path}: adapter was made for another base architecture (fingerprint {saved} != {current}), "
-        f"got differences: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. "
+        f"got differences: {'; '.join(diffs)}. "
         f"Load it into the base model it was trained on."
     )
 

@@ -33,13 +33,26 @@ def base_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
-def diff_parameter_shapes(saved: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
-    """Describe how two name->shape maps differ, one short phrase per difference (sorted)."""
-    out = [f"`{n}` missing in the model" for n in sorted(saved.keys() - current.keys())]
-    out += [f"`{n}` not in the adapter's base" for n in sorted(current.keys() - saved.keys())]
-    out += [
+def diff_parameter_shapes(saved: dict[str, list[int]], current: dict[str, list[int]], limit: int = 4) -> list[str]:
+    """Describe how two name->shape maps differ: shape changes first, then missing and extra names.
+
+    Each phrase names at most `limit` parameters and counts the rest.
+    """
+
+    def names(keys: list[str]) -> str:
+        shown = ", ".join(f"`{k}`" for k in keys[:limit])
+        return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    changed = [
         f"`{n}` shape {tuple(current[n])} != saved {tuple(saved[n])}"
         for n in sorted(saved.keys() & current.keys())
         if list(saved[n]) != list(current[n])
     ]
+    out = changed[:limit] + ([f"{len(changed) - limit} more shape changes"] if len(changed) > limit else [])
+    missing = sorted(saved.keys() - current.keys())
+    extra = sorted(current.keys() - saved.keys())
+    if missing:
+        out.append(f"{names(missing)} missing in the model")
+    if extra:
+        out.append(f"{names(extra)} not in the adapter's base")
     return out

@@ -83,7 +83,14 @@ def inject_lora_layers(
         # Several adapters on one base are intended (one per task); PEFT warns about it.
         warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    injected = [n for n, layer in iter_lora_layers(model) if adapter_name in layer.lora_A]
+    injected = []
+    for name, layer in iter_lora_layers(model):
+        if adapter_name in layer.lora_A:
+            injected.append(name)
+            # PEFT builds the new dropout/A/B in training mode; an eval-mode model must stay deterministic.
+            training = layer.get_base_layer().training
+            for part in (layer.lora_dropout, layer.lora_A, layer.lora_B):
+                part[adapter_name].train(training)
     records = dict(getattr(model, TARGETS_ATTR, {}) or {})
     records[adapter_name] = {**record, "adapter_name": adapter_name, "modules": injected}
     setattr(model, TARGETS_ATTR, records)

@@ -134,9 +134,8 @@ def enable_prompt(
         if stage not in per_adapter:
             per_adapter[stage] = nn.ModuleDict()
         if role not in per_adapter[stage]:
-            per_adapter[stage][role] = PromptMLP(*shape, hidden=hidden).to(
-                device=base.weight.device, dtype=base.weight.dtype
-            )
+            mlp = PromptMLP(*shape, hidden=hidden).to(device=base.weight.device, dtype=base.weight.dtype)
+            per_adapter[stage][role] = mlp.train(base.training)
         if not any(isinstance(h, _PromptBypass) for h in base._forward_hooks.values()):
             base.register_forward_hook(_PromptBypass(bank, stage, role))
     bank.adapters[adapter_name] = per_adapter

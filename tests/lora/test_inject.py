@@ -194,3 +194,11 @@ def test_dit_injection_counts_equals_base_and_preset_blocks():
     assert sorted(self_only.lora3d_targets["default"]["modules"]) == sorted(
         f"blocks.{b}.attn1.{p}" for b in (0, 3) for p in ("to_q", "to_k", "to_v", "to_out.0")
     )
+
+
+def test_injecting_into_an_eval_model_keeps_lora_dropout_off(feats):
+    model = inject_lora_to_ptv3(standin_small().eval(), r=2, lora_dropout=0.5)
+    randomise_lora(model)
+    torch.testing.assert_close(model(feats), model(feats), rtol=0, atol=0)
+    model.train()
+    assert (model(feats) - model(feats)).abs().max() > 0
