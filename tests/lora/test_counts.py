@@ -64,3 +64,25 @@ def test_minimal_preset_takes_the_last_two_stages_of_each_layout():
     assert five.lora3d_targets["default"]["stages"] == ["enc3", "enc4"]
     # SceneSplat: enc2 has 2 blocks, enc3 has 6: 8 blocks x (qkv + proj).
     assert len(four.lora3d_targets["default"]["modules"]) == 16
+
+
+@pytest.mark.parametrize(
+    "config, expected, warns",
+    [
+        # reference midi.md §1.4: LoraConfig(r=16, to_q/to_k/to_v/to_out.0) on every attention module.
+        ({"cross_attention_dim": 768, "cross_attention_2_dim": 1024}, 14_966_784, False),  # MIDI DiT
+        ({}, 10_321_920, True),  # TripoSG DiT: no attn2_2, so `cross2` is ignored with a warning
+    ],
+)
+def test_dit_midi_default_matches_the_reference_counts(config, expected, warns):
+    from engine.models.dit import TripoSGDiTModel
+
+    with torch.device("meta"):
+        model = TripoSGDiTModel(**config)
+        if warns:
+            with pytest.warns(UserWarning, match="no `attn2_2` modules"):
+                inject_lora_with_preset(model, "midi_default")
+        else:
+            inject_lora_with_preset(model, "midi_default")
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert lora_summary(model)["lora_params"] == expected

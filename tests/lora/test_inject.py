@@ -202,3 +202,16 @@ def test_injecting_into_an_eval_model_keeps_lora_dropout_off(feats):
     torch.testing.assert_close(model(feats), model(feats), rtol=0, atol=0)
     model.train()
     assert (model(feats) - model(feats)).abs().max() > 0
+
+
+def test_real_ptv3_with_gradient_checkpointing_trains_lora_and_prompt():
+    model = inject_lora_to_ptv3(tiny_ptv3(), r=2, target_modules=["attn", "mlp"], enable_prompt=True,
+                                target_stages=[2, 3])
+    mark_only_lora_as_trainable(model)
+    randomise_lora(model)
+    model.train()
+    model.gradient_checkpointing_enable()
+    run_ptv3(model, ptv3_input()).square().mean().backward()
+    params = get_lora_parameters(model)
+    assert len(params) == 2 * 4 * 3 + 2 * 4 * 4  # enc2+enc3: 3 blocks x 4 linears x (A, B); 2 stages x 4 MLPs x 4
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
