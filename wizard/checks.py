@@ -1,0 +1,149 @@
+"""Provides the slow checks the wizard runs in thread workers: base checkpoint, data, LoRA table, memory plan.
+
+Each returns a plain result object and never raises for a user problem: lora3d errors become `problems`
+the screen lists inline.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import Lora3dError
+from wizard.draft import ProfileDraft
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check: `ok`, human lines to show, problems to list, and the raw data."""
+
+    ok: bool
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _problem_lines(exc: BaseException) -> list[str]:
+    return [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+
+
+def _table_profile(draft: ProfileDraft):
+    """The profile for building a model to inspect: the demo's random base has the same layout."""
+    from engine.profile import validate_profile
+
+    data = draft.profile_dict()
+    if draft.family == "demo":
+        data["model"]["demo_base"] = False  # the cached base is pretrained on first use (minutes)
+    return validate_profile(data, source="wizard")
+
+
+def check_checkpoint(draft: ProfileDraft) -> CheckResult:
+    """Whether `draft.pretrained` exists and loads into the family's model, with a key report."""
+    path = draft.pretrained
+    if draft.family == "demo":
+        return CheckResult(True, ["the demo uses its cached tiny base (built on first use, about 2 minutes on a CPU)"])
+    if path is None:
+        return CheckResult(True, ["no base checkpoint: a randomly initialised base (smoke tests only)"])
+    if not path.exists():
+        return CheckResult(False, problems=[f"{path}: not found. Type the checkpoint file or the pipeline folder."])
+    try:
+        from engine.families.registry import get_family
+
+        profile = _table_profile(draft)
+        family = get_family(draft.engine_family)
+        model = family.build_model(profile)
+    except Lora3dError as exc:
+        return CheckResult(False, problems=_problem_lines(exc))
+    except Exception as exc:  # a file that is not a checkpoint at all: show it, never crash the wizard
+        return CheckResult(False, problems=[f"{path}: could not be loaded ({type(exc).__name__}: {exc})."])
+    total = sum(p.numel() for p in model.parameters())
+    lines = [f"loaded {type(model).__name__}: {total:,} parameters"]
+    report = getattr(model, "lora3d_base", None)
+    if isinstance(report, dict):
+        for key in ("loaded", "missing", "unexpected", "mismatched", "skipped"):
+            value = report.get(key)
+            if value:
+                count = len(value) if isinstance(value, (list, tuple, dict)) else value
+                lines.append(f"{key} keys: {count}")
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key in ("num_layers", "width", "num_attention_heads", "in_channels", "cross_attention_dim"):
+            if key in config:
+                lines.append(f"{key}: {config[key]}")
+    frozen = getattr(model, "midi_frozen", None)
+    if frozen is not None:
+        lines.append(f"pipeline kind: {getattr(frozen, 'kind', '?')}")
+    return CheckResult(True, lines, data={"total_params": total})
+
+
+def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
+    """The family's data check (counts, problems), rendered as text for the screen."""
+    if draft.data_root is not None and not draft.data_root.is_dir():
+        return CheckResult(False, problems=[f"{draft.data_root}: folder not found. Type the dataset folder, or clear it "
+                                            "to use the built-in synthetic data."])
+    try:
+        from rich.console import Console
+
+        from engine.families.registry import get_family
+
+        profile = _table_profile(draft)
+        report = get_family(draft.engine_family).data_check(profile)
+        data = report.to_dict()
+        console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
+        report.render(console)
+        lines = console.export_text().rstrip().splitlines()
+    except Lora3dError as exc:
+        return CheckResult(False, problems=_problem_lines(exc))
+    except Exception as exc:
+        return CheckResult(False, problems=[f"data check failed: {type(exc).__name__}: {exc}"])
+    problems = [" ".join(str(x) for x in p) if isinstance(p, (list, tuple)) else str(p) for p in data.get("problems") or []]
+    return CheckResult(not problems, lines, problems, data)
+
+
+def build_lora_table(draft: ProfileDraft) -> CheckResult:
+    """Builds the model with LoRA (random base of the same layout) and returns `lora_summary`."""
+    try:
+        from engine.families.registry import get_family
+        from engine.lora.summary import lora_summary
+
+        profile = _table_profile(draft)
+        family = get_family(draft.engine_family)
+        model = family.inject_lora(family.build_model(profile), profile)
+        summary = lora_summary(model)
+    except Lora3dError as exc:
+        return CheckResult(False, problems=_problem_lines(exc))
+    except Exception as exc:
+        return CheckResult(False, problems=[f"could not build the model for the LoRA table: {type(exc).__name__}: {exc}"])
+    return CheckResult(True, data=summary)
+
+
+def plan_memory(draft: ProfileDraft) -> CheckResult:
+    """The memory estimate from `engine.memory.plan` (when this lora3d has it)."""
+    try:
+        from engine.memory.plan import plan_profile
+    except ImportError:
+        return CheckResult(False, ["memory estimate: not available in this lora3d (engine.memory.plan missing)"])
+    try:
+        profile = draft.validate()
+        plan = plan_profile(profile, hardware=draft.hardware)
+    except Lora3dError as exc:
+        return CheckResult(False, problems=_problem_lines(exc))
+    except Exception as exc:
+        return CheckResult(False, [f"memory estimate failed: {type(exc).__name__}: {exc}"])
+    from wizard.run.state import format_bytes
+
+    estimate = plan.estimate
+    lines = [f"estimated peak: {format_bytes(estimate.estimate_bytes)}"
+             + (f" of {format_bytes(plan.device_bytes)}" if getattr(plan, "device_bytes", None) else "")
+             + (" - fits" if plan.fits else " - does NOT fit")]
+    breakdown = getattr(estimate, "breakdown", None) or {}
+    for key, value in list(breakdown.items())[:6]:
+        lines.append(f"  {key}: {format_bytes(value) if isinstance(value, (int, float)) else value}")
+    rec = getattr(plan, "recommendation", None)
+    data: dict[str, Any] = {"fits": bool(plan.fits)}
+    if rec is not None:
+        data["recommendation"] = {k: getattr(rec, k, None) for k in
+                                  ("rank", "micro_batch", "grad_accum", "gradient_checkpointing", "precision")}
+        data["reasons"] = list(getattr(rec, "reasons", []) or [])
+    return CheckResult(bool(plan.fits), lines, data=data)

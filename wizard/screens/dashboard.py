@@ -1,0 +1,222 @@
+"""Provides the Train screen: starts or reattaches to a run and shows it live from events.jsonl.
+
+A thread worker follows the file and posts batches of events; this screen folds them into a RunState
+and redraws at most `REDRAW_SECONDS` apart, so a fast run never makes the TUI compete with training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from wizard.messages import EventsArrived
+from wizard.run.launcher import LaunchedRun, launch_run, log_tail, request
+from wizard.run.state import RunState
+from wizard.run.tail import follow
+from wizard.widgets.lora_table import LoraTable
+from wizard.widgets.loss_plot import CurvePlot
+from wizard.widgets.run_stats import RunStats
+
+REDRAW_SECONDS = 1.0
+
+_ADVICE = {
+    "out of memory": "lower `train.batch_size` or `lora.r`, or set `train.gradient_checkpointing=true`",
+    "ProfileError": "fix the profile key named above (`lora3d validate PROFILE` lists every problem)",
+    "DataError": "check the data folder (`lora3d data-check PROFILE`), or set `data.on_error=skip`",
+    "CheckpointError": "check `model.pretrained` points at the right base checkpoint",
+    "HardwareError": "check the GPU is visible (`lora3d probe`), or set `train.device=cpu`",
+    "nan": "lower `train.lr` (e.g. divide it by 10) or enable `train.max_grad_norm`",
+}
+
+
+def advice_for(state: RunState, log_lines: list[str]) -> str:
+    """What to change after a failed run, from the error event and the log."""
+    error = state.error or {}
+    haystack = " ".join([str(error.get("kind", "")), str(error.get("message", "")), *log_lines[-5:]])
+    for needle, advice in _ADVICE.items():
+        if needle.lower() in haystack.lower():
+            return advice
+    return "read train.log in the run directory; rerun headless with `lora3d train PROFILE` to see everything"
+
+
+class DashboardScreen(Screen):
+    """The live dashboard.
+
+    Args:
+        run_dir: the run directory (events.jsonl, train.log, SAVE/STOP control files).
+        profile_path: when given, a child `lora3d train` is started on it; otherwise the screen watches.
+        launch: run through accelerate (`--launch`), for several GPUs.
+    """
+
+    BINDINGS = [
+        Binding("s", "save", "Save checkpoint"),
+        Binding("x", "stop", "Stop"),
+        Binding("d", "detach", "Detach"),
+        Binding("q", "quit_finished", "Quit", show=False),
+        Binding("1", "tab('curves')", "Curves", show=False),
+        Binding("2", "tab('lora')", "LoRA", show=False),
+        Binding("3", "tab('log')", "Log", show=False),
+    ]
+
+    def __init__(self, run_dir: Path, profile_path: Path | None = None, launch: bool = False) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.profile_path = profile_path
+        self.launch = launch
+        self.state = RunState()
+        self.run: LaunchedRun | None = None
+        self._dirty = False
+        self._last_draw = 0.0
+        self._messages_shown = 0
+        self._failure_shown = False
+        self._process_note: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(Text(f"run {self.run_dir}", style="dim"), id="run-title")
+        yield RunStats("waiting for the first event...", id="stats")
+        with TabbedContent(initial="curves", id="tabs"):
+            with TabPane("Curves 1", id="curves"):
+                yield CurvePlot("loss", id="loss-plot")
+                yield CurvePlot("eval", id="eval-plot")
+            with TabPane("LoRA 2", id="lora"):
+                yield Static("", id="lora-caption")
+                yield LoraTable(id="run-lora-table")
+            with TabPane("Log 3", id="log"):
+                yield RichLog(id="run-log", wrap=True, markup=False)
+        yield Static("", id="last-message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.profile_path is not None:
+            self.run = launch_run(self.profile_path, self.run_dir, launch=self.launch)
+            self._log(f"started: {' '.join(self.run.command[1:])} (pid {self.run.pid}); output in {self.run.log_path}")
+        else:
+            self._log(f"watching {self.run_dir / 'events.jsonl'}")
+        self.set_interval(REDRAW_SECONDS, self._redraw_if_dirty)
+        self.follow_events()
+
+    # ------------------------------------------------------------------ worker
+    @work(thread=True, exclusive=True, group="tail")
+    def follow_events(self) -> None:
+        worker = get_current_worker()
+        run = self.run
+        follow(
+            self.run_dir / "events.jsonl",
+            emit=lambda result: self.post_message(EventsArrived(result)),
+            should_stop=lambda: worker.is_cancelled,
+            returncode=run.returncode if run is not None else None,
+            watch_pid=run is None,
+        )
+
+    def on_events_arrived(self, message: EventsArrived) -> None:
+        result = message.result
+        self.state.apply(result.events)
+        if result.returncode is not None and not self.state.finished:
+            self._process_note = f"the training process exited with code {result.returncode} before its end event"
+        elif result.process_gone and not self.state.finished:
+            self._process_note = "the training process is gone (killed?) and wrote no end event"
+        self._dirty = True
+        if self.state.finished or self._process_note or time.monotonic() - self._last_draw >= REDRAW_SECONDS:
+            self.redraw()
+
+    def _redraw_if_dirty(self) -> None:
+        if self._dirty:
+            self.redraw()
+
+    # ------------------------------------------------------------------ drawing
+    @property
+    def run_name(self) -> str:
+        return str(self.state.start.get("name") or self.run_dir.name)
+
+    def redraw(self) -> None:
+        self._dirty = False
+        self._last_draw = time.monotonic()
+        state = self.state
+        self.query_one(RunStats).show(state, self.run_name)
+        self.query_one("#loss-plot", CurvePlot).show(state.steps, {"loss": state.losses, "smoothed": state.smoothed})
+        metric = state.primary_metric or "eval"
+        self.query_one("#eval-plot", CurvePlot).show(state.eval_steps, {metric: state.eval_values})
+        modules = state.modules
+        table = self.query_one("#run-lora-table", LoraTable)
+        if modules and table.row_count != len(modules):
+            table.show(modules)
+        params = state.start.get("params") or {}
+        if params:
+            self.query_one("#lora-caption", Static).update(
+                f"{len(modules)} adapted modules; trainable {params.get('trainable', 0):,} of "
+                f"{params.get('total', 0):,} parameters ({100 * params.get('ratio', 0.0):.2f}%)")
+        for kind, text in state.messages[self._messages_shown:]:
+            self._log(f"{kind}: {text}", style={"error": "red", "warning": "yellow"}.get(kind, ""))
+        self._messages_shown = len(state.messages)
+        if state.messages:
+            kind, text = state.messages[-1]
+            self.query_one("#last-message", Static).update(
+                Text(f"{kind}: {text}", style={"error": "bold red", "warning": "yellow"}.get(kind, "dim")))
+        self._show_end()
+
+    def _show_end(self) -> None:
+        state = self.state
+        failed = state.status == "failed" or self._process_note is not None
+        if state.finished and not failed:
+            end = state.end or {}
+            if not self._failure_shown:
+                self._failure_shown = True
+                self._log(f"run {end.get('status')} at step {end.get('step')}; adapter: {end.get('adapter', '-')}",
+                          style="green")
+                self.query_one("#last-message", Static).update(Text(
+                    f"{end.get('status')}: adapter in {end.get('adapter') or self.run_dir}. Press q to quit.",
+                    style="bold green"))
+            return
+        if failed and not self._failure_shown:
+            self._failure_shown = True
+            lines = log_tail(self.run_dir)
+            if self._process_note:
+                self._log(self._process_note, style="bold red")
+            if state.error:
+                self._log(f"error: {state.error.get('message')}", style="bold red")
+            self._log(f"last lines of {self.run_dir / 'train.log'}:", style="bold")
+            for line in lines:
+                self._log("  " + line, style="dim")
+            advice = advice_for(state, lines)
+            self._log(f"what to change: {advice}", style="yellow")
+            self.query_one("#last-message", Static).update(Text(f"run failed: {advice}", style="bold red"))
+            self.query_one(TabbedContent).active = "log"
+
+    def _log(self, text: str, style: str = "") -> None:
+        self.query_one("#run-log", RichLog).write(Text(text, style=style))
+
+    # ------------------------------------------------------------------ keys
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_save(self) -> None:
+        if self.state.finished:
+            self.notify("the run has ended", severity="warning")
+            return
+        request(self.run_dir, "SAVE")
+        self.notify("checkpoint requested: written at the next step")
+
+    def action_stop(self) -> None:
+        if self.state.finished:
+            self.notify("the run has ended", severity="warning")
+            return
+        request(self.run_dir, "STOP")
+        self.notify("stop requested: the run checkpoints and ends at the next step")
+
+    def action_detach(self) -> None:
+        self.app.exit(("detached", self.run_dir, self.state.finished))
+
+    def action_quit_finished(self) -> None:
+        if self.state.finished or self._process_note is not None:
+            self.app.exit(("finished", self.run_dir, True))
+        else:
+            self.notify("the run is still going: d detaches (it keeps running), x stops it", severity="warning")

@@ -1,0 +1,84 @@
+"""Provides the Data screen: a dataset folder checked by the family's data check, or the built-in data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, Footer, Header, Input, Label, Static
+
+from wizard.checks import CheckResult, check_data
+from wizard.messages import CheckFinished
+from wizard.screens.base import WizardScreen
+from wizard.screens.model import result_text
+
+
+class DataScreen(WizardScreen):
+    step_name = "data"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked: tuple[str, str] | None = None
+        self._result: CheckResult | None = None
+        self._proceed = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.step_title + "training data", classes="step-title")
+        with VerticalScroll(classes="body"):
+            yield Label("Dataset folder (empty: the built-in synthetic data)")
+            yield Input(placeholder="e.g. ~/data/scannetpp_3dgs", id="data-root", compact=True)
+            yield Static("", id="data-result", classes="result")
+        with Horizontal(classes="nav"):
+            yield Button("Next", id="next", variant="primary", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        field = self.query_one("#data-root", Input)
+        if self.draft.data_root is not None:
+            field.value = str(self.draft.data_root)
+        field.focus()
+        self._start_check(proceed=False)
+
+    def _key(self) -> tuple[str, str]:
+        return (self.draft.family, self.query_one("#data-root", Input).value.strip())
+
+    def _start_check(self, proceed: bool) -> None:
+        key = self._key()
+        self.draft.data_root = Path(key[1]).expanduser() if key[1] else None
+        self._proceed = proceed
+        self.query_one("#data-result", Static).update(result_text(None, "checking the data..."))
+        self.check(key)
+
+    @work(thread=True, exclusive=True, group="data")
+    def check(self, key: tuple[str, str]) -> None:
+        self.post_message(CheckFinished("data", key, check_data(self.draft)))
+
+    def on_check_finished(self, message: CheckFinished) -> None:
+        if message.kind != "data" or message.key != self._key():
+            return
+        self._checked, self._result = message.key, message.result
+        self.query_one("#data-result", Static).update(result_text(message.result))
+        if self._proceed and message.result.ok:
+            super().done()
+        self._proceed = False
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.done()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            self.done()
+
+    def done(self) -> None:
+        if self._checked == self._key() and self._result is not None:
+            if self._result.ok or self._result.data:  # a scanned folder with problems: the user has seen them
+                super().done()
+            else:
+                self.notify("the data folder cannot be used; fix the path or clear it", severity="error")
+            return
+        if self._proceed and self._checked != self._key():
+            return  # a check of this value is already running
+        self._start_check(proceed=True)

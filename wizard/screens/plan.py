@@ -1,0 +1,295 @@
+"""Provides the Plan screen: the recommendation with its reasons, every value editable and re-checked.
+
+Each edit is parsed on the spot (a non-number gets an inline message), then the whole profile is
+re-validated in a worker; the engine's messages appear under the field they name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
+
+from engine.errors import Lora3dError
+from wizard.checks import build_lora_table, plan_memory
+from wizard.draft import PRECISIONS
+from wizard.messages import CheckFinished, ProfileChecked
+from wizard.screens.base import WizardScreen
+from wizard.screens.model import result_text
+from wizard.widgets.lora_table import LoraTable
+
+# field id -> (label, profile key, kind)
+FIELDS: dict[str, tuple[str, str, str]] = {
+    "rank": ("LoRA rank", "lora.r", "int"),
+    "batch_size": ("batch size", "train.batch_size", "int"),
+    "grad_accum": ("grad accumulation", "train.grad_accum", "int"),
+    "gradient_checkpointing": ("grad checkpointing", "train.gradient_checkpointing", "bool"),
+    "precision": ("precision", "train.mixed_precision", "choice"),
+    "lr": ("learning rate", "train.lr", "float"),
+    "max_steps": ("max steps", "train.max_steps", "int?"),
+    "preset": ("LoRA preset", "lora.preset", "choice"),
+    "target_modules": ("LoRA targets", "lora.target_modules", "list"),
+    "num_gpus": ("GPUs to use", "launch.num_processes", "choice"),
+}
+_LORA_KEYS = {"rank", "preset", "target_modules"}
+
+
+def parse_field(name: str, text: str) -> tuple[Any, str | None]:
+    """(value, error): the typed text as the field's type, or an inline message in the house format."""
+    label, key, kind = FIELDS[name]
+    text = text.strip()
+    if kind in ("int", "int?"):
+        if not text and kind == "int?":
+            return None, None
+        try:
+            return int(text), None
+        except ValueError:
+            return None, f"`{key}` must be a whole number, got {text!r}. Type digits only, e.g. 8."
+    if kind == "float":
+        try:
+            return float(text), None
+        except ValueError:
+            return None, f"`{key}` must be a number, got {text!r}. For example 1e-4 or 0.0002."
+    if kind == "list":
+        items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
+        if not items:
+            return None, f"`{key}` needs at least one module, got {text!r}. For example attn, mlp."
+        return items, None
+    return text, None
+
+
+class PlanScreen(WizardScreen):
+    step_name = "plan"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parse_errors: dict[str, str] = {}
+        """Field id -> message for text that is not the field's type."""
+        self.profile_errors: dict[str, str] = {}
+        """Field id -> the engine's validation message naming that field's key."""
+        self.general_errors: list[str] = []
+        self._generation = 0
+        self._table_timer: Timer | None = None
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        plan = self.draft.plan
+        yield Header()
+        yield Static(self.step_title + "plan (edit any value; Tab moves, Enter continues)", classes="step-title")
+        with VerticalScroll(classes="body", id="plan-body"):
+            yield Static(self._reasons_text(), id="reasons", classes="result")
+            yield from self._row("rank", Input(str(plan.rank), id="rank", compact=True))
+            yield from self._row("batch_size", Input(str(plan.batch_size), id="batch_size", compact=True))
+            yield from self._row("grad_accum", Input(str(plan.grad_accum), id="grad_accum", compact=True))
+            yield from self._row("gradient_checkpointing", Select(
+                [("on", True), ("off", False)], value=plan.gradient_checkpointing, allow_blank=False,
+                id="gradient_checkpointing", compact=True))
+            yield from self._row("precision", Select(
+                [(p, p) for p in PRECISIONS], value=plan.precision, allow_blank=False, id="precision", compact=True))
+            yield from self._row("lr", Input("" if plan.lr is None else f"{plan.lr:g}", id="lr", compact=True))
+            yield from self._row("max_steps", Input("" if plan.max_steps is None else str(plan.max_steps),
+                                                    placeholder="empty: train.epochs", id="max_steps", compact=True))
+            presets = self._presets()
+            yield from self._row("preset", Select(
+                [("(none)", "")] + [(p, p) for p in presets], value=plan.preset or "", allow_blank=False,
+                id="preset", compact=True))
+            yield from self._row("target_modules", Input(", ".join(plan.target_modules or []), id="target_modules",
+                                                         compact=True))
+            gpus = len(self.draft.hardware.gpus) if self.draft.hardware is not None else 0
+            if gpus > 1:
+                yield from self._row("num_gpus", Select(
+                    [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in range(1, gpus + 1)], value=self.draft.plan.num_gpus,
+                    allow_blank=False, id="num_gpus", compact=True))
+            yield Static("", id="general-errors", classes="result error")
+            yield Static("", id="summary", classes="result")
+            yield Static(result_text(None, "memory estimate..."), id="memory", classes="result")
+            yield Static("run time: measured after the first steps (the dashboard shows the ETA)", classes="result dim")
+            yield Static("LoRA modules (building the model...)", id="lora-caption", classes="result")
+            yield LoraTable(id="lora-table")
+        with Horizontal(classes="nav"):
+            yield Button("Next", id="next", variant="primary", compact=True)
+        yield Footer()
+
+    def _row(self, name: str, widget) -> ComposeResult:
+        with Horizontal(classes="field-row"):
+            yield Label(FIELDS[name][0], classes="field-label")
+            yield widget
+        yield Static("", id=f"{name}-error", classes="field-error")
+
+    def _presets(self) -> tuple[str, ...]:
+        try:
+            from engine.families.registry import get_family
+
+            return tuple(get_family(self.draft.engine_family).presets)
+        except Exception:
+            return ()
+
+    def _reasons_text(self) -> Text:
+        text = Text("recommended: ", style="bold")
+        plan = self.draft.plan
+        text.append(f"rank {plan.rank}, batch {plan.batch_size}, checkpointing "
+                    f"{'on' if plan.gradient_checkpointing else 'off'}, precision {plan.precision}\n", style="")
+        for reason in plan.reasons:
+            text.append(f"  {reason}\n", style="dim")
+        text.rstrip()
+        return text
+
+    def on_mount(self) -> None:
+        self.query_one("#next", Button).focus()
+        self.revalidate()
+        self.refresh_table()
+        self.refresh_memory()
+
+    # ------------------------------------------------------------------ edits
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed) -> None:
+        name = event.input.id or ""
+        if name not in FIELDS:
+            return
+        value, error = parse_field(name, event.value)
+        if error:
+            self.parse_errors[name] = error
+        else:
+            self.parse_errors.pop(name, None)
+        self._show_error(name)
+        if error is None:
+            setattr(self.draft.plan, name, value)
+            self.revalidate()
+            if name in _LORA_KEYS:
+                self._schedule_table()
+
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        name = event.select.id or ""
+        if name not in FIELDS or event.value is Select.NULL:
+            return
+        value = event.value
+        if name == "preset":
+            value = value or None
+        if getattr(self.draft.plan, name) == value:
+            return
+        setattr(self.draft.plan, name, value)
+        self.revalidate()
+        if name in _LORA_KEYS:
+            self._schedule_table()
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Every inline message on screen, by field (a parse error hides the engine's)."""
+        return {**self.profile_errors, **self.parse_errors}
+
+    def _show_error(self, name: str) -> None:
+        message = self.errors.get(name, "")
+        for widget in self.query(f"#{name}-error"):
+            widget.update(Text(message, style="red"))
+            widget.display = bool(message)
+
+    # ------------------------------------------------------------------ validation
+    def revalidate(self) -> None:
+        self._generation += 1
+        self.validate_draft(self._generation)
+
+    @work(thread=True, exclusive=True, group="validate")
+    def validate_draft(self, generation: int) -> None:
+        try:
+            self.draft.validate()
+            errors: list[str] = []
+        except Lora3dError as exc:
+            errors = [line for line in str(exc).splitlines() if line.strip()]
+        except Exception as exc:  # never crash on an odd value: show it
+            errors = [f"{type(exc).__name__}: {exc}"]
+        self.post_message(ProfileChecked(errors, generation))
+
+    def on_profile_checked(self, message: ProfileChecked) -> None:
+        if message.generation != self._generation:
+            return
+        by_field: dict[str, list[str]] = {}
+        general: list[str] = []
+        for line in message.errors:
+            text = line.removeprefix("wizard: ")
+            owner = next((name for name, (_, key, _) in FIELDS.items() if f"`{key}`" in text), None)
+            if owner is not None:
+                by_field.setdefault(owner, []).append(text)
+            else:
+                general.append(text)
+        self.profile_errors = {name: " ".join(lines) for name, lines in by_field.items()}
+        for name in FIELDS:
+            self._show_error(name)
+        self.general_errors = general
+        self.query_one("#general-errors", Static).update(Text("\n".join(general), style="red"))
+        if not message.errors and not self.errors:
+            self.query_one("#summary", Static).update(self._summary_text())
+
+    def _summary_text(self) -> Text:
+        plan = self.draft.plan
+        effective = plan.batch_size * plan.grad_accum * plan.num_gpus
+        text = Text(f"effective batch {effective} = {plan.batch_size} x {plan.grad_accum} accumulation"
+                    f" x {plan.num_gpus} process{'es' if plan.num_gpus > 1 else ''}")
+        if plan.num_gpus > 1:
+            text.append("\nruns through accelerate: lora3d train PROFILE --launch", style="cyan")
+        return text
+
+    # ------------------------------------------------------------------ LoRA table and memory
+    def _schedule_table(self) -> None:
+        if self._table_timer is not None:
+            self._table_timer.stop()
+        self._table_timer = self.set_timer(0.8, self.refresh_table)
+        self.refresh_memory()
+
+    def refresh_table(self) -> None:
+        self.query_one("#lora-caption", Static).update(Text("LoRA modules (building the model...)", style="dim"))
+        self.build_table(self._generation)
+
+    @work(thread=True, exclusive=True, group="table")
+    def build_table(self, generation: int) -> None:
+        self.post_message(CheckFinished("table", generation, build_lora_table(self.draft)))
+
+    def refresh_memory(self) -> None:
+        self.estimate_memory(self._generation)
+
+    @work(thread=True, exclusive=True, group="memory")
+    def estimate_memory(self, generation: int) -> None:
+        self.post_message(CheckFinished("memory", generation, plan_memory(self.draft)))
+
+    def on_check_finished(self, message: CheckFinished) -> None:
+        result = message.result
+        if message.kind == "memory":
+            self.query_one("#memory", Static).update(result_text(result) if result.ok or result.problems
+                                                     else Text("\n".join(result.lines), style="dim"))
+        elif message.kind == "table":
+            caption = self.query_one("#lora-caption", Static)
+            if not result.ok:
+                caption.update(Text("LoRA table: " + " ".join(result.problems), style="red"))
+                self.query_one(LoraTable).show([])
+                return
+            s = result.data
+            caption.update(Text(
+                f"LoRA: {len(s.get('rows', []))} modules, {s.get('lora_params', 0):,} LoRA of "
+                f"{s.get('total_params', 0):,} parameters ({s.get('lora_ratio_percent', 0.0):.2f}%), "
+                f"trainable {s.get('trainable_params', 0):,}", style="bold"))
+            self.query_one(LoraTable).show(s.get("rows", []))
+
+    # ------------------------------------------------------------------ navigation
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.done()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            self.done()
+
+    def done(self) -> None:
+        if self.errors or self.general_errors:
+            self.notify("fix the values marked in red first", severity="error")
+            return
+        try:
+            self.draft.validate()
+        except Lora3dError as exc:
+            self.general_errors = str(exc).splitlines()
+            self.query_one("#general-errors", Static).update(Text(str(exc), style="red"))
+            return
+        super().done()
