@@ -88,8 +88,14 @@ def _config_from_dict(data: dict[str, Any], source: Path) -> LoraConfig:
     return config
 
 
+def _peft_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """PEFT's adapter state dict without the prompt bank (PEFT's `bias="all"` would catch its biases)."""
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    return {k: v for k, v in state.items() if not k.startswith(f"{PROMPT_ATTR}.")}
+
+
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    tensors = dict(get_peft_model_state_dict(model, adapter_name=adapter_name))
+    tensors = _peft_tensors(model, adapter_name)
     tensors.update(prompt_state_dict(model, adapter_name))
     # safetensors needs contiguous CPU tensors that share no storage.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -367,7 +373,7 @@ def _config_from_meta(meta: dict[str, Any], path: Path) -> LoraConfig:
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, path: Path) -> None:
     lora = {k: v for k, v in tensors.items() if not k.startswith(f"{PROMPT_ATTR}.")}
     prompt = {k.removeprefix(f"{PROMPT_ATTR}."): v for k, v in tensors.items() if k.startswith(f"{PROMPT_ATTR}.")}
-    expected = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    expected = _peft_tensors(model, adapter_name)
     bank = get_prompt_bank(model)
     expected_prompt = (
         bank.adapters[adapter_name].state_dict() if bank is not None and adapter_name in bank.adapters else {}

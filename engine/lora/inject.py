@@ -7,6 +7,7 @@ as ``model.lora3d_targets[adapter_name]`` (a JSON-serialisable dict) instead of 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -220,12 +221,16 @@ def inject_lora_with_preset(model: nn.Module, preset: str, **overrides: Any) -> 
         The same model.
     """
     chosen = get_preset(preset)
+    inject = inject_lora_to_dit if isinstance(chosen, DiTLoraPreset) else inject_lora_to_ptv3
+    allowed = [p for p in inspect.signature(inject).parameters if p != "model"]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ProfileError(
+            f"`lora`: unknown override for preset {chosen.name!r}, got {unknown!r}. Use keys of {allowed!r}."
+        )
     kwargs = {**chosen.resolve(model), **overrides}
     record_preset = {"preset": chosen.name}
-    if isinstance(chosen, DiTLoraPreset):
-        inject_lora_to_dit(model, **kwargs)
-    else:
-        inject_lora_to_ptv3(model, **kwargs)
+    inject(model, **kwargs)
     model.lora3d_targets[kwargs.get("adapter_name", "default")].update(record_preset)
     return model
 

@@ -18,6 +18,7 @@ from engine.lora import (
     inject_lora_to_ptv3,
     list_adapters,
     load_lora_checkpoint,
+    mark_only_lora_as_trainable,
     save_lora_checkpoint,
     set_active_adapter,
 )
@@ -201,3 +202,25 @@ def test_overwriting_a_folder_and_bad_paths(tmp_path):
         load_lora_checkpoint(standin_small(), tmp_path / "empty")
     with pytest.raises(CheckpointError, match="no LoRA adapter to save"):
         save_lora_checkpoint(standin_small(), tmp_path / "x")
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_trained_biases_round_trip_with_the_adapter(tmp_path, feats, bias):
+    base = standin_small().eval()
+    model = _trained(base, r=2, enable_prompt=True, target_stages=[3, 4])
+    mark_only_lora_as_trainable(model, bias=bias)
+    with torch.no_grad():
+        model.enc.enc4.block0.attn.qkv.base_layer.bias.add_(1.0)
+        model.enc.enc4.block0.norm1[0].bias.add_(1.0)
+    path = save_lora_checkpoint(model, tmp_path / "adapter")
+    assert LoraConfig.from_pretrained(str(path)).bias == bias
+    keys = set(load_file(path / "adapter_model.safetensors"))
+    assert "enc.enc4.block0.attn.qkv.base_layer.bias" in keys  # PEFT's own name for an adapted bias
+    assert ("enc.enc4.block0.norm1.0.bias" in keys) == (bias == "all")
+    fresh = copy.deepcopy(base)
+    load_lora_checkpoint(fresh, path)
+    if bias == "all":
+        torch.testing.assert_close(fresh(feats), model(feats), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(fresh.enc.enc4.block0.attn.qkv.base_layer.bias,
+                                   model.enc.enc4.block0.attn.qkv.base_layer.bias)

@@ -112,6 +112,8 @@ def test_preset_overrides_and_unknown_preset():
     assert (record["preset"], record["r"], record["stages"]) == ("minimal", 2, ["enc3", "enc4"])
     with pytest.raises(ProfileError, match=r"unknown preset, got 'tiny'.*'decoder_only'.*'midi_default'"):
         inject_lora_with_preset(standin_small(), "tiny")
+    with pytest.raises(ProfileError, match=r"unknown override for preset 'minimal', got \['rank'\]"):
+        inject_lora_with_preset(standin_small(), "minimal", rank=2)
     with pytest.raises(ProfileError, match="needs a decoder"):
         inject_lora_with_preset(standin_small(decoder=False), "decoder_only")
     dec = inject_lora_with_preset(standin_small(), "decoder_only")
