@@ -208,6 +208,7 @@ class MidiFamily(Family):
             clip_preprocessor=pipe.clip_preprocessor, kind=pipe.kind, folder=pipe.folder,
         )
         dit.midi_frozen = frozen  # a plain attribute: not in the state dict, not in the adapter
+        dit.midi_num_tokens = options.num_tokens
         self._frozen = frozen
         return dit
 
@@ -315,7 +316,7 @@ class MidiFamily(Family):
         from engine.lora import save_lora_checkpoint
 
         inner = getattr(model, "module", model)
-        extra = {"mi_blocks": inner.multi_instance_blocks}
+        extra = {"mi_blocks": inner.multi_instance_blocks, "num_tokens": getattr(inner, "midi_num_tokens", None)}
         save_lora_checkpoint(inner, folder, metadata={**metadata, **extra})
 
     def merge_adapter(self, profile, adapter: Path, out: Path) -> Path:
@@ -341,7 +342,6 @@ class MidiFamily(Family):
             raise CheckpointError(
                 f"{out}: unknown merged-checkpoint type, got suffix {suffix!r}. Use a folder, `.safetensors` or `.pth`."
             )
-        del model.midi_frozen
         model.save_pretrained(out, safe_serialization=True)
         return out
 

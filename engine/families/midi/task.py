@@ -68,9 +68,14 @@ def batch_conditions(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Ten
     return encode_conditions(frozen, batch["instance_images"], batch["scene_images"], batch["masks"])
 
 
+def dit_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the DiT's (frozen) base weights, which its inputs must match outside autocast."""
+    return unwrap(model).proj_in.weight.dtype
+
+
 def condition_kwargs(model: nn.Module, clip: torch.Tensor | None, dino: torch.Tensor) -> dict[str, torch.Tensor]:
     """The DiT's keyword conditions: MIDI has CLIP -> attn2 and DINOv2 -> attn2_2; TripoSG DINOv2 -> attn2."""
-    dtype = next(p for p in unwrap(model).parameters()).dtype
+    dtype = dit_dtype(model)
     if unwrap(model).config.use_cross_attention_2:
         return {"encoder_hidden_states": clip.to(dtype), "encoder_hidden_states_2": dino.to(dtype)}
     return {"encoder_hidden_states": dino.to(dtype)}
@@ -113,7 +118,7 @@ def flow_loss(
     noise = torch.randn_like(x0)
     x_t = add_noise(x0, noise, sigma)
     pred = model(
-        x_t,
+        x_t.to(dit_dtype(model)),
         sigma * 1000.0,
         **condition_kwargs(model, clip, dino),
         attention_kwargs={"num_instances": counts.tolist(), "num_instances_per_batch": slots},
@@ -145,7 +150,7 @@ def validation_loss(
         noise = torch.randn(mean.shape, generator=gen).to(device)
         sigma = torch.full((mean.shape[0],), float(s), device=device)
         pred = model(
-            add_noise(x0, noise, sigma), sigma * 1000.0, **kwargs,
+            add_noise(x0, noise, sigma).to(dit_dtype(model)), sigma * 1000.0, **kwargs,
             attention_kwargs={"num_instances": counts.tolist(), "num_instances_per_batch": slots},
         ).sample
         per_instance = _per_instance_mse(pred, flow_target(x0, noise))
@@ -170,9 +175,10 @@ def generate_latents(
     device = dino.device
     shape = (count, num_tokens, inner.config.in_channels)
     cond = condition_kwargs(model, clip, dino)
+    dtype = dit_dtype(model)
 
     def velocity(x: torch.Tensor, t: torch.Tensor, **c: torch.Tensor) -> torch.Tensor:
-        return model(x, t, **c, attention_kwargs={"num_instances": count}).sample
+        return model(x.to(dtype), t, **c, attention_kwargs={"num_instances": count}).sample.float()
 
     latents = torch.randn(shape, generator=generator).to(device)
     return RectifiedFlowScheduler().sample(

@@ -1,0 +1,213 @@
+"""Provides the MIDI demo: synthetic scenes, a tiny pretrained base, a real LoRA fine-tune, base vs adapted, a GLB.
+
+1. Synthetic raw scenes (meshes + image + id map) of domain A and of the shifted domain B are written
+   and prepared with `prepare_dataset`, the path a user's data takes.
+2. A tiny base is built once and cached under `$LORA3D_CACHE`: `build_tiny_pipeline` (random VAE,
+   CLIP and DINOv2, all frozen anyway) whose DiT is pretrained on domain-A latents with a plain loop,
+   saved in the real MIDI folder layout.
+3. The LoRA fine-tune on domain B runs through the real engine Trainer with `profiles/demo-midi.yaml`,
+   loading the base through `model.pretrained`.
+4. Base and adapted DiT are scored on B's validation scenes (flow-matching loss on a fixed sigma grid,
+   Chamfer distance of generated instances) and a scene is generated into a GLB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ProfileError
+
+__all__ = ["DEMO_PROFILE", "build_demo_base", "run_demo"]
+
+DEMO_PROFILE = Path(__file__).resolve().parents[3] / "profiles" / "demo-midi.yaml"
+_BASE_VERSION = 1
+
+# (full, quick) sizes.
+_SIZES = {
+    False: {"a_scenes": 16, "b_train": 12, "b_val": 4, "points": 1024, "image": 64, "base_steps": 300,
+            "lora_steps": 120, "octree": 32, "sample_steps": 8},
+    True: {"a_scenes": 6, "b_train": 6, "b_val": 2, "points": 512, "image": 32, "base_steps": 60,
+           "lora_steps": 30, "octree": 16, "sample_steps": 4},
+}
+
+
+def _cache_root() -> Path:
+    from engine.families.midi.latents import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _profile(overrides: dict[str, Any]):
+    from engine.profile.load import apply_overrides, read_yaml, validate_profile
+
+    if not DEMO_PROFILE.is_file():
+        raise ProfileError(f"{DEMO_PROFILE}: the demo profile is missing. Restore it from the repository (git checkout profiles/).")
+    data = apply_overrides(read_yaml(DEMO_PROFILE), list(overrides.items()))
+    return validate_profile(data, source=str(DEMO_PROFILE))
+
+
+def _narrow_posterior(vae_folder: Path, logvar: float = -9.0) -> None:
+    """Gives the random tiny VAE a narrow posterior (constant log-variance), as a trained, KL-regularised VAE has.
+
+    A random `quant` layer gives log-variances near 0, so a latent would be mostly posterior noise and no
+    DiT could learn it; the means stay random projections of the shape.
+    """
+    from engine.models.dit.vae import TripoSGVAEModel
+
+    vae = TripoSGVAEModel.from_pretrained(str(vae_folder), local_files_only=True)
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant.weight[channels:].zero_()
+        vae.quant.bias[channels:].fill_(logvar)
+    vae.save_pretrained(vae_folder, safe_serialization=True)
+
+
+def build_demo_base(quick: bool = False, seed: int = 0, console: Console | None = None) -> Path:
+    """The demo's tiny base pipeline folder, built and pretrained on domain A once, then reused."""
+    from engine.families.midi.data import MidiSceneDataset, collate_scenes, synthetic_prepared_scenes
+    from engine.families.midi.family import MidiFamily
+    from engine.families.midi.task import flow_loss
+    from engine.models.dit.pipeline import build_tiny_pipeline
+
+    sizes = _SIZES[quick]
+    folder = _cache_root() / f"midi-demo-base-v{_BASE_VERSION}{'-quick' if quick else ''}-seed{seed}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    started = time.perf_counter()
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
+    build_tiny_pipeline(tmp, seed=seed)
+    _narrow_posterior(tmp / "vae")
+    train, _ = synthetic_prepared_scenes("A", sizes["a_scenes"], 0, seed, sizes["image"], sizes["points"])
+    profile = _profile({"model.pretrained": str(tmp), "data.root": None})
+    family = MidiFamily()
+    dit = family.build_model(profile)
+    dataset = MidiSceneDataset(train, profile.model.num_instances_per_batch, seed, family.load_frozen(profile),
+                               family.cache_dir(profile), profile.model.num_tokens, profile.data.num_samples)
+    dit.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
+    steps, batch_size = sizes["base_steps"], 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(steps):
+            gen = torch.Generator().manual_seed(seed * 7919 + step)
+            dataset.set_epoch(step)
+            indices = torch.randperm(len(dataset), generator=gen)[:batch_size].tolist()
+            batch = collate_scenes([dataset[i] for i in indices])
+            loss, _ = flow_loss(dit, batch, profile.model.num_tokens, cfg_dropout=0.1, logit_mean=0.0, logit_std=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if console is not None and (step + 1) % max(1, steps // 4) == 0:
+                console.print(f"  base pretraining on domain A: step {step + 1}/{steps}, loss {loss.item():.4f}")
+    dit.requires_grad_(False).eval()
+    dit.set_default_attn_processor()  # the folder holds plain weights; MI blocks are a run setting
+    shutil.rmtree(tmp / "transformer")
+    dit.save_pretrained(tmp / "transformer", safe_serialization=True)
+    (tmp / "lora3d_demo_base.txt").write_text(
+        f"tiny demo base: DiT pretrained {steps} steps on synthetic domain A in {time.perf_counter() - started:.0f}s\n"
+    )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _score(profile, adapter: Path | None) -> dict[str, float]:
+    """Validation loss and Chamfer of the base (adapter None) or the adapted DiT on the profile's val split."""
+    from engine.families.midi.family import MidiFamily
+    from engine.families.midi.task import evaluate_scenes
+    from engine.lora import load_lora_checkpoint
+
+    family = MidiFamily()
+    model = family.build_model(profile)
+    if adapter is not None:
+        load_lora_checkpoint(model, adapter)
+    model.eval()
+    _, val = family.build_datasets(profile)
+    indices = list(range(len(val)))
+    micro = profile.train.batch_size
+    batches = (family.collate([val[i] for i in indices[s : s + micro]]) for s in range(0, len(indices), micro))
+    with torch.random.fork_rng(devices=[]):
+        return evaluate_scenes(model, batches, profile, with_chamfer=True)
+
+
+def run_demo(out_dir: Path | None, console: Console | None = None, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Runs the whole demo; returns base and adapted metrics, the run directory and the GLB path.
+
+    Args:
+        out_dir: where the data, the run and the GLB go (default `runs/demo-midi`).
+        console: rich console for progress and the result table.
+        quick: a much smaller demo (tests).
+        seed: seed of the data, the base and the run.
+    """
+
+    console = console or Console()
+    threads = torch.get_num_threads()
+    # Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them 10x.
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(out_dir, console, quick, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out_dir: Path | None, console: Console, quick: bool, seed: int) -> dict[str, Any]:
+    from engine.families.midi.data import synthetic_prepared_scenes
+    from engine.families.midi.inference import run_inference
+    from engine.train.trainer import train
+
+    sizes = _SIZES[quick]
+    out = Path(out_dir) if out_dir is not None else Path("runs") / "demo-midi"
+    started = time.perf_counter()
+    console.print("[bold]MIDI demo[/bold]: 1/4 synthetic scenes (domain B: cones and tori, tall or flat)")
+    data_root = out / "data"
+    train_b, val_b = synthetic_prepared_scenes("B", sizes["b_train"], sizes["b_val"], seed + 1, sizes["image"],
+                                               sizes["points"], root=data_root)
+    prepared = train_b[0].parent.parent
+    console.print("2/4 tiny base (built and pretrained on domain A once, cached under $LORA3D_CACHE)")
+    base = build_demo_base(quick=quick, seed=seed, console=console)
+    run_dir = out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = {
+        "model.pretrained": str(base), "data.root": str(prepared), "output.dir": str(run_dir),
+        "train.max_steps": sizes["lora_steps"], "train.seed": seed,
+        "data.eval_octree_resolution": sizes["octree"], "data.eval_sample_steps": sizes["sample_steps"],
+        "data.eval_chamfer_scenes": sizes["b_val"],
+    }
+    profile = _profile(overrides)
+    console.print(f"3/4 LoRA fine-tune on domain B: {sizes['lora_steps']} steps, rank {profile.lora.r}")
+    t0 = time.perf_counter()
+    result = train(profile, install_signal_handlers=False)
+    train_seconds = time.perf_counter() - t0
+    adapter = run_dir / "adapter"
+    console.print("4/4 base vs adapted on domain B's validation scenes")
+    base_metrics = _score(profile, None)
+    adapted_metrics = _score(profile, adapter)
+    glb = out / "result.glb"
+    run_inference(base, adapter, val_b[0] / "image.png", val_b[0] / "seg.png", glb, steps=sizes["sample_steps"],
+                  guidance_scale=3.0, seed=seed, octree_resolution=sizes["octree"], device="cpu",
+                  num_tokens=profile.model.num_tokens)
+    table = Table(title="MIDI demo: domain B validation (lower is better)")
+    table.add_column("model")
+    table.add_column("val loss", justify="right")
+    table.add_column("Chamfer", justify="right")
+    for name, m in (("base (pretrained on A)", base_metrics), ("adapted (LoRA on B)", adapted_metrics)):
+        table.add_row(name, f"{m['val_loss']:.4f}", f"{m.get('val_chamfer', float('nan')):.4f}")
+    console.print(table)
+    total = time.perf_counter() - started
+    console.print(f"run: {run_dir}  adapter: {adapter}  scene: {glb}  ({total:.0f}s, LoRA training {train_seconds:.0f}s)")
+    return {
+        "base": base_metrics, "adapted": adapted_metrics, "run_dir": run_dir, "adapter": adapter, "glb": glb,
+        "losses": result.losses, "seconds": total, "train_seconds": train_seconds, "base_folder": base,
+    }
