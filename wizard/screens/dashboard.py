@@ -131,6 +131,17 @@ class DashboardScreen(Screen):
     def _redraw_if_dirty(self) -> None:
         if self._dirty:
             self.redraw()
+        elif not self.state.start and self._process_note is None:
+            self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        """Before the start event: model building, data, and (first demo run) base pretraining happen here."""
+        text = Text("waiting for the first event: building the model and data", style="dim")
+        text.append(" (the demo's first run also pretrains its tiny base: a few minutes on a CPU)", style="dim")
+        last = [line for line in log_tail(self.run_dir, 3) if line.strip()]
+        if last:
+            text.append(f"\nlog: {last[-1][:150]}", style="dim italic")
+        self.query_one(RunStats).update(text)
 
     # ------------------------------------------------------------------ drawing
     @property
