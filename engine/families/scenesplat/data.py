@@ -149,7 +149,7 @@ def load_scene(folder: str | Path, names: Sequence[str] | None = None) -> dict[s
         files = ", ".join(f"`{n}.npy`" for n in missing)
         raise DataError(
             f"{folder}: required files missing, got no {files}. A SceneSplat scene needs "
-            f"{', '.join(n + '.npy' for n in REQUIRED_FILES)}; import a 3DGS .ply with `lora3d import-ply`."
+            f"{', '.join(n + '.npy' for n in REQUIRED_FILES)}; import a 3DGS .ply with `lora3d import-3dgs`."
         )
     wanted = OPTIONAL_FILES if names is None else tuple(n for n in names if n in OPTIONAL_FILES)
     present = list(REQUIRED_FILES) + [n for n in wanted if (folder / f"{n}.npy").is_file()]
@@ -253,13 +253,13 @@ def build_sample(
         raise DataError(
             f"{folder / 'opacity.npy'}: opacity must lie in [0, 1], got range "
             f"[{float(opacity.min()):.3g}, {float(opacity.max()):.3g}]. These look like 3DGS logits: "
-            "store sigmoid(opacity) or import the .ply with `lora3d import-ply`."
+            "store sigmoid(opacity) or import the .ply with `lora3d import-3dgs`."
         )
     scale = scene["scale"].astype(np.float32)
     if scale.min() < 0:
         raise DataError(
             f"{folder / 'scale.npy'}: scale must be non-negative, got minimum {float(scale.min()):.3g}. "
-            "These look like 3DGS log-scales: store exp(scale) or import the .ply with `lora3d import-ply`."
+            "These look like 3DGS log-scales: store exp(scale) or import the .ply with `lora3d import-3dgs`."
         )
     sample: dict[str, Any] = {
         "name": name,
