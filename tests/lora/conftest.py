@@ -163,3 +163,13 @@ def standin():
 @pytest.fixture
 def feats():
     return torch.randn(20, 5, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run each LoRA test single-threaded, restoring the setting after: these models are too small to gain
+    from threads, and on a busy 2-core machine OpenMP's spinning made them 5x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -224,3 +224,21 @@ def test_trained_biases_round_trip_with_the_adapter(tmp_path, feats, bias):
     else:
         torch.testing.assert_close(fresh.enc.enc4.block0.attn.qkv.base_layer.bias,
                                    model.enc.enc4.block0.attn.qkv.base_layer.bias)
+
+
+def test_a_plain_peft_adapter_with_suffix_targets_loads(tmp_path, feats):
+    # Pointcept's DefaultLORASegmentorV2 style: PEFT with target_modules=["qkv"], no lora3d metadata.
+    base = standin_small().eval()
+    other = copy.deepcopy(base)
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["qkv"]), other)
+    randomise_lora(other)
+    folder = tmp_path / "peft_adapter"
+    folder.mkdir()
+    other.peft_config["default"].save_pretrained(str(folder))
+    from peft.utils import get_peft_model_state_dict
+
+    save_file(dict(get_peft_model_state_dict(other)), folder / "adapter_model.safetensors")
+    fresh = copy.deepcopy(base)
+    load_lora_checkpoint(fresh, folder)
+    torch.testing.assert_close(fresh(feats), other(feats), rtol=0, atol=0)
+    assert len(fresh.lora3d_targets["default"]["modules"]) == 10  # every qkv, encoder and decoder
