@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def synthetic_events(steps: int = 10, total: int = 20, t0: float = 1_000_000.0, 
         "type": "start", "time": t0, "run_dir": "x", "name": "fake-run", "family": "scenesplat", "task": "semseg",
         "device": "cpu", "mixed_precision": "no", "num_processes": 1, "micro_batch": 2, "grad_accum": 1,
         "effective_batch": 2, "steps_per_epoch": 10, "total_steps": total, "train_samples": 20, "val_samples": 4,
-        "resumed_from": None, "start_step": 0, "pid": 0,
+        "resumed_from": None, "start_step": 0, "pid": os.getpid(),
         "params": {"total": 350000, "trainable": 4096, "lora": 4096, "ratio": 4096 / 350000, "modules": MODULES},
     }]
     for s in range(1, steps + 1):

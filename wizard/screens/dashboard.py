@@ -78,6 +78,8 @@ class DashboardScreen(Screen):
         self._messages_shown = 0
         self._failure_shown = False
         self._process_note: str | None = None
+        self.log_lines: list[str] = []
+        """Everything written to the Log tab, as plain text."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -203,6 +205,7 @@ class DashboardScreen(Screen):
             self.query_one(TabbedContent).active = "log"
 
     def _log(self, text: str, style: str = "") -> None:
+        self.log_lines.append(text)
         self.query_one("#run-log", RichLog).write(Text(text, style=style))
 
     # ------------------------------------------------------------------ keys
