@@ -59,12 +59,7 @@ def cmd_import_3dgs(args: argparse.Namespace) -> int:
     if src.is_dir():
         summary = import_3dgs_folder(src, dest)
     else:
-        labels = None
-        if args.labels:
-            import numpy as np
-
-            labels = np.load(args.labels, allow_pickle=False)
-        summary = import_3dgs_ply(src, dest, labels=labels)
+        summary = import_3dgs_ply(src, dest, labels=Path(args.labels) if args.labels else None)
     _console().print(summary)
     return 0
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.families.base import Family, MemoryDescription, StepOutput
 from engine.families.registry import register_family
+from engine.train.batching import sample_generators
 
 DIM = 8
 
@@ -52,7 +53,7 @@ class ToyModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.head(nn.functional.dropout(x, 0.1, self.training)).squeeze(-1)
+        return self.head(x).squeeze(-1)
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -118,11 +119,14 @@ class ToyFamily(Family):
         return {"x": torch.stack([s["x"] for s in samples]), "y": torch.stack([s["y"] for s in samples])}
 
     def training_step(self, model, batch, profile) -> StepOutput:
-        pred = model(batch["x"])
+        # Per-sample noise from the trainer's sample seeds: the same whatever the process or micro-batch.
+        noise = torch.stack([torch.randn(DIM, generator=g) for g in sample_generators(batch["sample_seeds"])])
+        pred = model(batch["x"] + 0.1 * noise)
         loss = nn.functional.mse_loss(pred, batch["y"])
-        model.calls += 1
+        inner = getattr(model, "module", model)  # DDP wraps the model in multi-process runs
+        inner.calls += 1
         nan_at = profile.model.nan_at_step
-        if nan_at is not None and model.calls >= nan_at * profile.train.grad_accum:
+        if nan_at is not None and inner.calls >= nan_at * profile.train.grad_accum:
             loss = loss * float("nan")
         return StepOutput(loss=loss, num_samples=len(batch["x"]), num_tokens=len(batch["x"]))
 

@@ -353,6 +353,8 @@ class Trainer:
                 self.hooks.before_micro_batch(self, micro_batches[i])
             from accelerate.utils import send_to_device
 
+            if isinstance(batch, dict):
+                batch["sample_seeds"] = batching.sample_seeds(micro_batches[i], self.profile.train.seed, self.state.epoch)
             batch = send_to_device(batch, self.accelerator.device)
             sync = contextlib.nullcontext() if i == n - 1 else self.accelerator.no_sync(model)
             with sync, self.accelerator.autocast():
