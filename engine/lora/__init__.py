@@ -1,6 +1,7 @@
 """Provides lora3d's LoRA layer: PointLoRA-style API for PTv3 and target rules for the TripoSG/MIDI DiT, on PEFT."""
 
-from engine.lora.adapter_io import load_lora_checkpoint, read_lora_checkpoint, save_lora_checkpoint
+from engine.lora.adapter_formats import read_lora_checkpoint
+from engine.lora.adapter_io import load_lora_checkpoint, save_lora_checkpoint
 from engine.lora.architecture import base_fingerprint, base_parameter_shapes
 from engine.lora.config import build_lora_config, check_lora_hyperparameters
 from engine.lora.inject import (

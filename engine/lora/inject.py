@@ -20,7 +20,8 @@ from torch import nn
 from engine.errors import ProfileError
 from engine.lora.config import BIAS_MODES, build_lora_config
 from engine.lora.presets import DiTLoraPreset, get_preset
-from engine.lora.prompt import PROMPT_HIDDEN, enable_prompt, get_prompt_bank, prompt_parameters
+from engine.lora.prompt import PROMPT_HIDDEN, get_prompt_bank, prompt_parameters
+from engine.lora.prompt import enable_prompt as attach_prompt_mlps
 from engine.lora.targets import DIT_PROJECTIONS, resolve_dit_targets, resolve_ptv3_targets
 
 TARGETS_ATTR = "lora3d_targets"
@@ -164,7 +165,7 @@ def enable_prompt_for(model: nn.Module, adapter_name: str) -> dict[str, dict[str
             f"{None if record is None else record.get('family')!r}. Use `inject_lora_to_ptv3`."
         )
     roles = {name: tuple(role) for name, role in record["roles"].items()}
-    return enable_prompt(model, roles, adapter_name)
+    return attach_prompt_mlps(model, roles, adapter_name)
 
 
 def inject_lora_to_dit(
