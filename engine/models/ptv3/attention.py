@@ -129,11 +129,16 @@ class SdpaPatchAttention:
         t, c3 = qkv.shape
         c = c3 // 3
         h, d, k = num_heads, c // num_heads, plan.patch_size
+        if not plan.short_spans:
+            # Every sequence is a full patch laid out contiguously: attend on a view, no gathers.
+            q, kk, v = qkv.view(-1, k, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, K, D)
+            o = _sdpa(q, kk, v, scale, bias, dropout_p, upcast)
+            return o.permute(0, 2, 1, 3).reshape(t, c)
         qkv = qkv.reshape(t, 3, h, d)
         out = qkv.new_empty(t, h, d)
         if plan.full_starts.numel():
             rows = (plan.full_starts[:, None] + torch.arange(k, device=qkv.device)).reshape(-1)
-            q, kk, v = qkv[rows].reshape(-1, k, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, K, D)
+            q, kk, v = qkv.index_select(0, rows).view(-1, k, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             o = _sdpa(q, kk, v, scale, bias, dropout_p, upcast)
             out[rows] = o.permute(0, 2, 1, 3).reshape(-1, h, d)
         for start, length in plan.short_spans:
@@ -279,7 +284,7 @@ class SerializedAttention(nn.Module):
         plan = self.patch_plan(level)
         order = level["serialized_order"][self.order_index][plan.pad]  # (T,) input rows per padded token
         inverse = plan.unpad[level["serialized_inverse"][self.order_index]]  # (N,) padded slot per row
-        qkv = self.qkv(feat)[order]  # (T, 3C)
+        qkv = self.qkv(feat).index_select(0, order)  # (T, 3C)
         bias = None
         if self.rpe is not None:
             k = plan.patch_size
@@ -287,5 +292,5 @@ class SerializedAttention(nn.Module):
             bias = self.rpe(grid.unsqueeze(2) - grid.unsqueeze(1)).to(qkv.dtype)
         dropout_p = self.attn_drop if self.training else 0.0
         out = self.backend.attend(qkv, plan, self.num_heads, self.scale, dropout_p, bias, self.upcast)
-        out = out[inverse]
+        out = out.index_select(0, inverse)
         return self.proj_drop(self.proj(out))

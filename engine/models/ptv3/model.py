@@ -320,8 +320,12 @@ class PointTransformerV3(nn.Module):
                 self.dec.add_module(f"dec{s}", stage)
         self.out_channels = enc_channels[-1] if self.enc_mode else dec_channels[0]
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recomputes every block in backward (torch.utils.checkpoint, use_reentrant=False, training only)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recomputes every block in backward (torch.utils.checkpoint, use_reentrant=False, training only).
+
+        Args:
+            gradient_checkpointing_kwargs: accepted for Hugging Face/PEFT call compatibility; ignored.
+        """
         for module in self.modules():
             if isinstance(module, Block):
                 module.use_checkpoint = True

@@ -97,11 +97,13 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     step = max(1, (1 << 24) // max(n, 1))
     for start in range(0, delta_key.shape[0], step):
         query = site_key[None, :] + delta_key[start : start + step, None]  # (O, N)
+        # torch.gather / index_select are markedly faster than advanced indexing on CPU
         if dense:
-            found = table[query]
+            found = torch.gather(table, 0, query.reshape(-1)).view_as(query)
         else:
-            pos = torch.searchsorted(sorted_key, query.reshape(-1)).clamp_(max=max(n - 1, 0)).view_as(query)
-            found = torch.where(sorted_key[pos] == query, sort_index[pos], -1)
+            pos = torch.searchsorted(sorted_key, query.reshape(-1)).clamp_(max=max(n - 1, 0))
+            hit = torch.gather(sorted_key, 0, pos) == query.reshape(-1)
+            found = torch.where(hit, torch.gather(sort_index, 0, pos), -1).view_as(query)
         o_idx, out_idx = torch.nonzero(found >= 0, as_tuple=True)  # row-major: grouped by offset
         out_parts.append(out_idx)
         in_parts.append(found[o_idx, out_idx])
@@ -115,6 +117,18 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     return NeighbourMap(kernel_size, n, tuple(offsets), tuple(bounds), torch.cat(out_parts), torch.cat(in_parts))
 
 
+def _per_offset_mm(rows: torch.Tensor, kernels: torch.Tensor, nmap: NeighbourMap) -> torch.Tensor:
+    """Multiplies each offset's block of rows (P, C_a) by its kernel `kernels[o]` (C_a, C_b).
+
+    Results go into one preallocated (P, C_b) buffer; concatenating per-offset parts cost as much
+    as the products themselves.
+    """
+    buf = rows.new_empty(rows.shape[0], kernels.shape[2])
+    for o, s, e in zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]):
+        torch.mm(rows[s:e], kernels[o], out=buf[s:e])
+    return buf
+
+
 class _SubmConvFunction(torch.autograd.Function):
     """Gather-matmul-scatter over kernel offsets; saves only the input, not the gathered copies."""
 
@@ -124,9 +138,8 @@ class _SubmConvFunction(torch.autograd.Function):
         w = weight.reshape(c_out, k * k * k, -1)  # (C_out, k^3, C_in)
         out = feat @ w[:, (k * k * k) // 2, :].t()
         if nmap.offsets:
-            gathered = feat[nmap.in_index]  # (P, C_in)
-            parts = [gathered[s:e] @ w[:, o, :].t() for o, s, e in zip(nmap.offsets, nmap.bounds, nmap.bounds[1:])]
-            out.index_add_(0, nmap.out_index, torch.cat(parts))
+            gathered = feat.index_select(0, nmap.in_index)  # (P, C_in)
+            out.index_add_(0, nmap.out_index, _per_offset_mm(gathered, w.permute(1, 2, 0), nmap))
         ctx.save_for_backward(feat, weight)
         ctx.nmap = nmap
         return out
@@ -139,18 +152,17 @@ class _SubmConvFunction(torch.autograd.Function):
         w = weight.reshape(c_out, k * k * k, -1)
         centre = (k * k * k) // 2
         spans = list(zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]))
-        grad_rows = grad_out[nmap.out_index] if spans else None  # (P, C_out)
+        grad_rows = grad_out.index_select(0, nmap.out_index) if spans else None  # (P, C_out)
         grad_feat = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_feat = grad_out @ w[:, centre, :]
             if spans:
-                parts = [grad_rows[s:e] @ w[:, o, :] for o, s, e in spans]
-                grad_feat.index_add_(0, nmap.in_index, torch.cat(parts))
+                grad_feat.index_add_(0, nmap.in_index, _per_offset_mm(grad_rows, w.permute(1, 0, 2), nmap))
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(w)
             grad_w[:, centre, :] = grad_out.t() @ feat
             if spans:
-                gathered = feat[nmap.in_index]
+                gathered = feat.index_select(0, nmap.in_index)
                 for o, s, e in spans:
                     grad_w[:, o, :] = grad_rows[s:e].t() @ gathered[s:e]
             grad_w = grad_w.reshape(weight.shape)
@@ -171,10 +183,25 @@ def submanifold_conv3d(
     Returns:
         (N, C_out) features at the same sites.
     """
-    out = _SubmConvFunction.apply(feat, weight.to(feat.dtype), nmap)
-    if bias is not None:
-        out = out + bias
+    dtype = _autocast_dtype(feat)
+    # The Function writes into preallocated buffers, so it runs with autocast off in one dtype.
+    with torch.autocast(feat.device.type, enabled=False):
+        out = _SubmConvFunction.apply(feat.to(dtype), weight.to(dtype), nmap)
+        if bias is not None:
+            out = out + bias.to(dtype)
     return out
+
+
+def _autocast_dtype(feat: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would use for a matmul on `feat`'s device, or `feat.dtype` outside autocast."""
+    device = feat.device.type
+    if device not in ("cpu", "cuda"):
+        return feat.dtype
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else feat.dtype
+    if device == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else feat.dtype
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else feat.dtype
 
 
 class TorchSparseConvBackend:

@@ -190,3 +190,27 @@ def test_rpe_and_upcast_run_without_flash():
 def test_mismatched_decoder_patch_size_warns():
     with pytest.warns(UserWarning, match="dec_patch_size: differs from enc_patch_size at stages \\[0\\]"):
         PointTransformerV3(**{**TINY, "dec_patch_size": (8, 16)})
+
+
+def test_cpu_autocast_bf16_forward_and_backward():
+    model = PointTransformerV3(**TINY).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_data())
+    assert out.feat.dtype == torch.bfloat16
+    out.feat.float().square().mean().backward()
+    grad = model.embedding.stem.conv.weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
+def test_peft_lora_on_attention_and_mlp_trains_only_adapters():
+    peft = pytest.importorskip("peft")
+    model = PointTransformerV3(**TINY)
+    # NOTE: a bare "proj" would also match pooling `down.proj` and unpooling `up.proj` (Pointcept names)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["attn.qkv", "attn.proj", "mlp.0.fc1", "mlp.0.fc2"])
+    lora = peft.get_peft_model(model, config)
+    wrapped = [n for n, m in lora.named_modules() if n.endswith("attn.qkv") and hasattr(m, "lora_A")]
+    assert len(wrapped) == 1 + 2 + 2 + 1 + 1  # every block of TINY
+    lora.train()
+    lora.base_model.model(_data()).feat.square().mean().backward()
+    with_grad = {n for n, p in lora.named_parameters() if p.grad is not None}
+    assert with_grad and all("lora_" in n for n in with_grad)
