@@ -75,4 +75,11 @@ def build_point(data: dict) -> Point:
         coord = point["coord"]
         point["grid_coord"] = torch.div(coord - coord.min(0).values, point["grid_size"], rounding_mode="trunc").int()
     point["grid_coord"] = point["grid_coord"].long()
+    counts = torch.diff(point["offset"], prepend=point["offset"].new_zeros(1))
+    if n and bool((counts <= 0).any()):
+        raise DataError(f"input.offset: every scene needs at least one point, got counts {counts.tolist()!r}. "
+                        "Drop empty scenes from the batch.")
+    if n and int(point["grid_coord"].min()) < 0:
+        raise DataError(f"input.grid_coord: voxel coordinates must be non-negative, got a minimum of "
+                        f"{int(point['grid_coord'].min())!r}. Subtract the per-scene minimum (GridSample does).")
     return point

@@ -160,6 +160,10 @@ def test_bad_inputs_are_data_errors():
     no_grid = {k: v for k, v in data.items() if k != "grid_coord"}
     with pytest.raises(DataError, match="input.grid_coord: missing"):
         model(no_grid)
+    with pytest.raises(DataError, match=r"input.offset: every scene needs at least one point, got counts \[120, 0, 120\]"):
+        model({**data, "offset": torch.tensor([120, 120, 240])})
+    with pytest.raises(DataError, match="input.grid_coord: voxel coordinates must be non-negative, got a minimum of -1"):
+        model({**data, "grid_coord": data["grid_coord"] - 1})
 
 
 @pytest.mark.parametrize(
