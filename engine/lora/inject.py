@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from peft import LoraConfig, inject_adapter_in_model
-from peft.functional import delete_adapter, set_adapter
+from peft.functional import cast_adapter_dtype, delete_adapter, set_adapter
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -85,6 +85,8 @@ def inject_lora_layers(
         # Several adapters on one base are intended (one per task); PEFT warns about it.
         warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    # As PeftModel does by default: LoRA weights of an fp16/bf16 base train in float32.
+    cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True)
     injected = []
     for name, layer in iter_lora_layers(model):
         if adapter_name in layer.lora_A:

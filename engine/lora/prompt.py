@@ -134,7 +134,9 @@ def enable_prompt(
         if stage not in per_adapter:
             per_adapter[stage] = nn.ModuleDict()
         if role not in per_adapter[stage]:
-            mlp = PromptMLP(*shape, hidden=hidden).to(device=base.weight.device, dtype=base.weight.dtype)
+            # Like the LoRA weights, the MLPs of an fp16/bf16 base are kept in float32 (the hook casts).
+            dtype = base.weight.dtype if base.weight.dtype in (torch.float32, torch.float64) else torch.float32
+            mlp = PromptMLP(*shape, hidden=hidden).to(device=base.weight.device, dtype=dtype)
             per_adapter[stage][role] = mlp.train(base.training)
         if not any(isinstance(h, _PromptBypass) for h in base._forward_hooks.values()):
             base.register_forward_hook(_PromptBypass(bank, stage, role))

@@ -217,3 +217,14 @@ def test_real_ptv3_with_gradient_checkpointing_trains_lora_and_prompt():
     params = get_lora_parameters(model)
     assert len(params) == 2 * 4 * 3 + 2 * 4 * 4  # enc2+enc3: 3 blocks x 4 linears x (A, B); 2 stages x 4 MLPs x 4
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_bf16_base_gets_float32_lora_and_prompt_weights(feats):
+    model = standin_small().eval().to(torch.bfloat16)
+    base_out = model(feats.bfloat16())
+    inject_lora_to_ptv3(model, r=2, enable_prompt=True, target_stages=[4])
+    assert {p.dtype for p in get_lora_parameters(model)} == {torch.float32}
+    assert model.enc.enc4.block0.attn.qkv.base_layer.weight.dtype == torch.bfloat16
+    out = model(feats.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, base_out, rtol=0, atol=0)
