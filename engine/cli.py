@@ -54,11 +54,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         return launch_profile(args.profile, args.set, out=args.out, resume=args.resume)
     from engine.memory.gpus import probe_hardware
+    from engine.memory.hostram import check_host_ram
     from engine.profile.fingerprint import check_hardware
     from engine.train.display import HeadlessDisplay
     from engine.train.trainer import Trainer
 
-    for warning in check_hardware(profile, probe_hardware()):
+    hardware = probe_hardware()
+    for warning in check_hardware(profile, hardware) + check_host_ram(profile, None, hardware):
         _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     display = HeadlessDisplay(quiet=args.quiet)
     trainer = Trainer(profile, resume=args.resume, listeners=[display])

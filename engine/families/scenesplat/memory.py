@@ -5,8 +5,9 @@ screen stays fast. Tokens are points per scene after voxelisation: `data.point_b
 synthetic room size for the built-in data, else `DEFAULT_POINTS_PER_SCENE` (SceneSplat's own budget).
 
 Assumptions:
-- Each pooling of stride s keeps 1/s^2 of the points: Gaussians lie on surfaces, so an octree parent
-  cell holds about four children (not eight, as a filled volume would).
+- Each pooling of stride s keeps 1/s of the points. Dense surface scans pool closer to 1/s^2 (an
+  octree parent cell on a surface holds about four children); sparser scenes keep more (the built-in
+  rooms keep 0.63 and then 0.41 per level), so 1/s errs on the safe side.
 - Patch attention is O(points x patch) and stores no score matrix (SDPA flash/memory-efficient
   kernels); `enable_rpe` or upcasting forces the math path, which stores heads x patch per point.
 - A submanifold 3x3x3 neighbourhood holds about `_NEIGHBOURS_K3` active sites on a surface, 5x5x5
@@ -115,10 +116,10 @@ def describe_memory(profile: Any) -> MemoryDescription:
     n_orders = len(cfg["order"])
     targets = _target_stage_names(profile, num_enc, num_dec)
 
-    # Tokens per level relative to the input points (surface assumption: 1/stride^2 per pooling).
+    # Tokens per level relative to the input points (1/stride per pooling, see the module docstring).
     factors = [1.0]
     for s in cfg["stride"][: num_enc - 1]:
-        factors.append(factors[-1] / float(s) ** 2)
+        factors.append(factors[-1] / float(s))
 
     frozen = 125 * cfg["in_channels"] * enc_ch[0] + 2 * enc_ch[0]
     lora_per_rank = 0
