@@ -499,10 +499,10 @@ class SceneSplatFamily(Family):
                 f"`model.class_names` has {len(model.class_names)} names but `model.num_classes` is "
                 f"{model.num_classes}, got {model.class_names!r}. Make them agree (change either key)."
             )
-        if profile.data.root is None and model.num_classes is not None and model.num_classes != len(SYNTHETIC_CLASSES):
+        if profile.data.root is None and model.num_classes is not None and model.num_classes < len(SYNTHETIC_CLASSES):
             errors.append(
-                f"`model.num_classes` must be {len(SYNTHETIC_CLASSES)} for the built-in synthetic rooms "
-                f"({', '.join(SYNTHETIC_CLASSES)}), got {model.num_classes}. Remove it or set `data.root`."
+                f"`model.num_classes` must be at least {len(SYNTHETIC_CLASSES)} for the built-in synthetic rooms "
+                f"({', '.join(SYNTHETIC_CLASSES)}), got {model.num_classes}. Raise it or set `data.root`."
             )
         return errors
 
