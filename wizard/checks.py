@@ -79,6 +79,13 @@ def check_checkpoint(draft: ProfileDraft) -> CheckResult:
 
 def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
     """The family's data check (counts, problems), rendered as text for the screen."""
+    if draft.extra:
+        from engine.profile.load import parse_overrides
+
+        try:
+            parse_overrides(draft.extra)
+        except Lora3dError as exc:
+            return CheckResult(False, problems=_problem_lines(exc))
     if draft.data_root is not None and not draft.data_root.is_dir():
         return CheckResult(False, problems=[f"{draft.data_root}: folder not found. Type the dataset folder, or clear it "
                                             "to use the built-in synthetic data."])
@@ -141,7 +148,7 @@ def plan_memory(draft: ProfileDraft) -> CheckResult:
     for key, value in list(breakdown.items())[:6]:
         lines.append(f"  {key}: {format_bytes(value) if isinstance(value, (int, float)) else value}")
     rec = getattr(plan, "recommendation", None)
-    data: dict[str, Any] = {"fits": bool(plan.fits)}
+    data: dict[str, Any] = {"fits": bool(plan.fits), "warnings": list(getattr(plan, "warnings", []) or [])}
     if rec is not None:
         data["recommendation"] = {k: getattr(rec, k, None) for k in
                                   ("rank", "micro_batch", "grad_accum", "gradient_checkpointing", "precision")}

@@ -85,6 +85,7 @@ class ProfileDraft:
         plan: rank, batch and the rest, as recommended then edited.
         name: run/profile name.
         overrides: dotted keys applied last (tests use them to shorten runs).
+        extra: the user's `KEY=VALUE` settings, applied before `overrides`.
     """
 
     hardware: HardwareInfo | None = None
@@ -94,6 +95,8 @@ class ProfileDraft:
     plan: PlanChoice = field(default_factory=PlanChoice)
     name: str = "wizard-demo"
     overrides: dict[str, Any] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+    """The user's own `KEY=VALUE` settings (any profile key, e.g. `model.num_classes=20`), as with `--set`."""
 
     @property
     def engine_family(self) -> str:
@@ -181,6 +184,10 @@ class ProfileDraft:
             from engine.profile.fingerprint import hardware_fingerprint
 
             data["hardware"] = hardware_fingerprint(self.hardware).model_dump(mode="json", exclude_none=True)
+        if self.extra:
+            from engine.profile.load import parse_overrides
+
+            data = apply_overrides(data, parse_overrides(self.extra))
         if self.overrides:
             data = apply_overrides(data, list(self.overrides.items()))
         return data

@@ -52,6 +52,16 @@ def _path_check(kind: str) -> Callable[[str], str | None]:
     return check
 
 
+def _extra_check(text: str) -> str | None:
+    from engine.profile.load import parse_overrides
+
+    try:
+        parse_overrides(text.split())
+    except ProfileError as exc:
+        return str(exc)
+    return None
+
+
 def family_question(draft: ProfileDraft) -> PlainQuestion:
     return PlainQuestion("family", "Model family", "select", draft.family,
                          [(label, name) for name, label in FAMILY_CHOICES.items()])
@@ -67,6 +77,11 @@ def plain_questions(draft: ProfileDraft, profiles_dir: Path) -> list[PlainQuesti
     questions += [
         PlainQuestion("data_root", "Dataset folder (empty: built-in synthetic data)", "text", "",
                       check=_path_check("folder")),
+    ]
+    if draft.family != "demo":
+        questions.append(PlainQuestion("extra", "Extra settings as KEY=VALUE, space separated (e.g. "
+                                       "model.num_classes=20; empty: none)", "text", "", check=_extra_check))
+    questions += [
         PlainQuestion("rank", "LoRA rank", "int", str(plan.rank), check=_int_check("lora.r")),
         PlainQuestion("batch_size", "Batch size", "int", str(plan.batch_size), check=_int_check("train.batch_size")),
         PlainQuestion("gradient_checkpointing", "Gradient checkpointing", "confirm", plan.gradient_checkpointing),
@@ -85,6 +100,8 @@ def apply_answer(draft: ProfileDraft, key: str, value: Any) -> None:
         draft.pretrained = Path(value).expanduser() if str(value).strip() else None
     elif key == "data_root":
         draft.data_root = Path(value).expanduser() if str(value).strip() else None
+    elif key == "extra":
+        draft.extra = str(value).split()
     elif key in ("rank", "batch_size"):
         setattr(draft.plan, key, int(value))
     elif key == "gradient_checkpointing":

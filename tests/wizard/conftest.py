@@ -11,6 +11,7 @@ import pytest
 
 from engine.memory.gpus import GpuInfo, HardwareInfo
 from engine.memory.tiers import GIB
+from wizard.draft import REPO_ROOT  # noqa: F401  (re-exported for tests)
 
 
 def fake_hardware(gpus: int = 1, total_gb: float = 24.0) -> HardwareInfo:

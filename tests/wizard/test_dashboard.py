@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from tests.wizard.conftest import synthetic_events, write_events
-from tests.wizard.test_screens import screen_text, settle
+from tests.wizard.test_screens import screen_text
 from wizard.app import make_app
-from wizard.screens.dashboard import DashboardScreen, advice_for
 from wizard.run.state import RunState
+from wizard.screens.dashboard import DashboardScreen, advice_for
 
 
 def log_text(app) -> str:

@@ -20,7 +20,7 @@ class DataScreen(WizardScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._checked: tuple[str, str] | None = None
+        self._checked: tuple[str, str, str] | None = None
         self._result: CheckResult | None = None
         self._proceed = False
 
@@ -30,6 +30,8 @@ class DataScreen(WizardScreen):
         with VerticalScroll(classes="body"):
             yield Label("Dataset folder (empty: the built-in synthetic data)")
             yield Input(placeholder="e.g. ~/data/scannetpp_3dgs", id="data-root", compact=True)
+            yield Label("Extra settings, KEY=VALUE separated by spaces (as `lora3d train --set`)", id="extra-label")
+            yield Input(placeholder="e.g. model.num_classes=20 data.label_key=segment20", id="extra", compact=True)
             yield Static("", id="data-result", classes="result")
         with Horizontal(classes="nav"):
             yield Button("Next", id="next", variant="primary", compact=True)
@@ -39,21 +41,27 @@ class DataScreen(WizardScreen):
         field = self.query_one("#data-root", Input)
         if self.draft.data_root is not None:
             field.value = str(self.draft.data_root)
+        extra = self.query_one("#extra", Input)
+        extra.value = " ".join(self.draft.extra)
+        for widget in (extra, self.query_one("#extra-label")):
+            widget.display = self.draft.family != "demo"
         field.focus()
         self._start_check(proceed=False)
 
-    def _key(self) -> tuple[str, str]:
-        return (self.draft.family, self.query_one("#data-root", Input).value.strip())
+    def _key(self) -> tuple[str, str, str]:
+        return (self.draft.family, self.query_one("#data-root", Input).value.strip(),
+                self.query_one("#extra", Input).value.strip())
 
     def _start_check(self, proceed: bool) -> None:
         key = self._key()
         self.draft.data_root = Path(key[1]).expanduser() if key[1] else None
+        self.draft.extra = key[2].split()
         self._proceed = proceed
         self.query_one("#data-result", Static).update(result_text(None, "checking the data..."))
         self.check(key)
 
     @work(thread=True, exclusive=True, group="data")
-    def check(self, key: tuple[str, str]) -> None:
+    def check(self, key: tuple[str, str, str]) -> None:
         self.post_message(CheckFinished("data", key, check_data(self.draft)))
 
     def on_check_finished(self, message: CheckFinished) -> None:

@@ -63,6 +63,22 @@ def parse_field(name: str, text: str) -> tuple[Any, str | None]:
     return text, None
 
 
+def memory_text(result) -> Text:
+    """The memory estimate: green when it fits, red when not, dim when unavailable."""
+    if result.problems:
+        return Text("memory estimate: " + " ".join(result.problems), style="red")
+    if "fits" not in result.data:
+        return Text("\n".join(result.lines), style="dim")
+    text = Text("\n".join(result.lines), style="green" if result.data["fits"] else "bold red")
+    rec = result.data.get("recommendation")
+    if rec and not result.data["fits"]:
+        text.append(f"\nplanner suggests: rank {rec.get('rank')}, micro-batch {rec.get('micro_batch')}, grad accum "
+                    f"{rec.get('grad_accum')}, checkpointing {rec.get('gradient_checkpointing')}", style="yellow")
+    for reason in result.data.get("reasons", [])[:3]:
+        text.append(f"\n  {reason}", style="dim")
+    return text
+
+
 class PlanScreen(WizardScreen):
     step_name = "plan"
 
@@ -75,6 +91,9 @@ class PlanScreen(WizardScreen):
         self.general_errors: list[str] = []
         self._generation = 0
         self._table_timer: Timer | None = None
+        self._edited = False
+        """Whether the user changed a value (then the planner's recommendation is shown, not applied)."""
+        self._applying = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -151,6 +170,7 @@ class PlanScreen(WizardScreen):
         name = event.input.id or ""
         if name not in FIELDS:
             return
+        self._edited = self._edited or not self._applying
         value, error = parse_field(name, event.value)
         if error:
             self.parse_errors[name] = error
@@ -173,6 +193,7 @@ class PlanScreen(WizardScreen):
             value = value or None
         if getattr(self.draft.plan, name) == value:
             return
+        self._edited = self._edited or not self._applying
         setattr(self.draft.plan, name, value)
         self.revalidate()
         if name in _LORA_KEYS:
@@ -221,7 +242,9 @@ class PlanScreen(WizardScreen):
         for name in FIELDS:
             self._show_error(name)
         self.general_errors = general
-        self.query_one("#general-errors", Static).update(Text("\n".join(general), style="red"))
+        box = self.query_one("#general-errors", Static)
+        box.update(Text("\n".join(general), style="red"))
+        box.display = bool(general)
         if not message.errors and not self.errors:
             self.query_one("#summary", Static).update(self._summary_text())
 
@@ -259,8 +282,8 @@ class PlanScreen(WizardScreen):
     def on_check_finished(self, message: CheckFinished) -> None:
         result = message.result
         if message.kind == "memory":
-            self.query_one("#memory", Static).update(result_text(result) if result.ok or result.problems
-                                                     else Text("\n".join(result.lines), style="dim"))
+            self.query_one("#memory", Static).update(memory_text(result))
+            self._apply_planner(result)
         elif message.kind == "table":
             caption = self.query_one("#lora-caption", Static)
             if not result.ok:
@@ -273,6 +296,33 @@ class PlanScreen(WizardScreen):
                 f"{s.get('total_params', 0):,} parameters ({s.get('lora_ratio_percent', 0.0):.2f}%), "
                 f"trainable {s.get('trainable_params', 0):,}", style="bold"))
             self.query_one(LoraTable).show(s.get("rows", []))
+
+    def _apply_planner(self, result) -> None:
+        """For a real family, the planner's joint recommendation replaces the tier's until the user edits."""
+        rec = result.data.get("recommendation")
+        if self._edited or self.draft.family == "demo" or not rec:
+            return
+        plan = self.draft.plan
+        values = {"rank": rec.get("rank"), "batch_size": rec.get("micro_batch"), "grad_accum": rec.get("grad_accum"),
+                  "gradient_checkpointing": rec.get("gradient_checkpointing"), "precision": rec.get("precision")}
+        values = {k: v for k, v in values.items() if v is not None and getattr(plan, k) != v}
+        if not values:
+            return
+        self._applying = True
+        try:
+            for name, value in values.items():
+                setattr(plan, name, value)
+                widget = self.query_one(f"#{name}")
+                widget.value = value if isinstance(widget, Select) else str(value)
+        finally:
+            self.call_after_refresh(self._end_applying)
+        plan.reasons = [*plan.reasons, *result.data.get("reasons", [])]
+        self.query_one("#reasons", Static).update(self._reasons_text())
+        self.revalidate()
+        self._schedule_table()
+
+    def _end_applying(self) -> None:
+        self._applying = False
 
     # ------------------------------------------------------------------ navigation
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -290,6 +340,8 @@ class PlanScreen(WizardScreen):
             self.draft.validate()
         except Lora3dError as exc:
             self.general_errors = str(exc).splitlines()
-            self.query_one("#general-errors", Static).update(Text(str(exc), style="red"))
+            box = self.query_one("#general-errors", Static)
+            box.update(Text(str(exc), style="red"))
+            box.display = True
             return
         super().done()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -22,39 +21,32 @@ def _bar(fraction: float, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def stats_renderable(state: RunState, run_name: str = "") -> Table:
-    """Two compact lines of numbers (fits 78 columns)."""
+def stats_renderable(state: RunState, run_name: str = "") -> Text:
+    """Three short lines of numbers (each fits 78 columns)."""
     total = state.total_steps
     step = state.step
     fraction = step / total if total else 0.0
     epoch = state.epoch
-    epochs = state.num_epochs
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column()
-    grid.add_column()
-    status = Text(state.status, style=_STATUS_STYLE.get(state.status, ""))
-    progress = Text.assemble(
-        _bar(fraction), f" step {step}/{total or '?'}",
-        f"  epoch {epoch + 1 if epoch is not None else '?'}/{epochs or '?'}",
-        "  ETA ", (format_duration(state.eta_seconds), "bold"),
-    )
-    grid.add_row(Text.assemble(status, f" {run_name}".rstrip()), progress)
     smoothed = state.smoothed[-1] if state.smoothed else None
-    memory = state.memory_bytes
     mem_kind = "GPU" if str(state.start.get("device", "")).startswith("cuda") else "RSS"
-    numbers = Text.assemble(
-        "loss ", (_fmt(state.loss), "bold"), f" (smoothed {_fmt(smoothed)})",
-        f"  lr {_fmt(state.lr, '.2e')}",
-        f"  {_fmt(state.samples_per_s, '.2f')} samples/s",
-        f"  mem {format_bytes(memory)} {mem_kind}",
+    text = Text.assemble(
+        (f"{state.status:<9}", _STATUS_STYLE.get(state.status, "")), " ", _bar(fraction),
+        f" step {step}/{total or '?'}",
+        f"  epoch {epoch + 1 if epoch is not None else '?'}/{state.num_epochs or '?'}",
+        "  ETA ", (format_duration(state.eta_seconds), "bold"), f"  {run_name}",
     )
-    best = ""
+    text.append("\nloss ")
+    text.append(_fmt(state.loss), style="bold")
+    text.append(f" (smoothed {_fmt(smoothed)})  lr {_fmt(state.lr, '.2e')}  "
+                f"{_fmt(state.samples_per_s, '.2f')} samples/s  {_fmt(state.tokens_per_s, ',.0f')} tokens/s")
+    text.append(f"\nmem {format_bytes(state.memory_bytes)} {mem_kind}  ")
     if state.primary_metric and state.best is not None:
-        best = f"best {state.primary_metric} {state.best:.4g} @ {state.best_step}"
-    elif state.primary_metric is None:
-        best = "eval: none yet"
-    grid.add_row(Text(best, style="green"), numbers)
-    return grid
+        text.append(f"best {state.primary_metric} {state.best:.4g} @ step {state.best_step}", style="green")
+    else:
+        text.append("eval: at the end or every `train.eval_every` steps", style="dim")
+    if state.warnings:
+        text.append(f"  {len(state.warnings)} warning(s): see Log", style="yellow")
+    return text
 
 
 class RunStats(Static):

@@ -1,0 +1,51 @@
+"""Snapshots of the main screens at 80x24 and 120x40 (fake 24 GB GPU, synthetic data and events).
+
+Update with `pytest tests/wizard/test_snapshots.py --snapshot-update` only after looking at the SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.wizard.conftest import fake_hardware, synthetic_events, write_events
+from tests.wizard.test_dashboard import wait_for
+from tests.wizard.test_screens import settle
+from wizard.app import make_app
+
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths on screen: the same text on every machine
+    return tmp_path
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("screen", ["hardware", "model", "data", "plan", "review"])
+def test_question_screens(snap_compare, in_tmp, screen, size):
+    app = make_app(probe=fake_hardware(1, 24.0), start_screen=screen, profiles_dir=Path("profiles"))
+
+    async def ready(pilot):
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dashboard(snap_compare, in_tmp, size):
+    events = synthetic_events(steps=20, total=40, dt=2.0)
+    for i, event in enumerate(events):
+        if event["type"] == "step":  # a noisy falling curve, fixed numbers
+            event["loss"] = round(2.0 * 0.95 ** event["step"] + 0.05 * ((i * 7) % 5), 4)
+    write_events(Path("run"), events)
+    app = make_app(run_dir=Path("run"))
+
+    async def ready(pilot):
+        await wait_for(pilot, lambda: pilot.app.screen.state.step == 20)
+        pilot.app.screen.redraw()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
