@@ -231,14 +231,18 @@ class SpconvSparseConvBackend:
                 "Install spconv for your CUDA version (e.g. `pip install spconv-cu120`) or use 'torch'."
             )
 
-    def conv(self, module: SubMConv3d, feat: torch.Tensor, level: dict) -> torch.Tensor:
-        """Convolves `feat` (N, C_in) with spconv; the level's SparseConvTensor keeps the indice maps."""
+    @staticmethod
+    def _check_device(feat: torch.Tensor) -> None:
         if not feat.is_cuda:
             raise HardwareError(
                 "sparse_conv_backend: spconv runs only on CUDA here (its CPU kernels give wrong results "
                 "with more than one thread), got a tensor on "
                 f"{str(feat.device)!r}. Use sparse_conv_backend='torch' or 'auto' on CPU."
             )
+
+    def conv(self, module: SubMConv3d, feat: torch.Tensor, level: dict) -> torch.Tensor:
+        """Convolves `feat` (N, C_in) with spconv; the level's SparseConvTensor keeps the indice maps."""
+        self._check_device(feat)
         spconv = self._spconv
         base = level.get("_spconv_tensor")
         if base is None:
@@ -252,11 +256,13 @@ class SpconvSparseConvBackend:
                 module.in_channels, module.out_channels, module.kernel_size,
                 bias=module.bias is not None, indice_key=module.indice_key,
             )
-            # Share the parameters so state_dict, optimizers and LoRA see one set of tensors.
-            impl.weight = module.weight
-            if module.bias is not None:
-                impl.bias = module.bias
             module.__dict__["_spconv_impl"] = impl
+        # Share the parameters (re-checked every call: `.to()` may replace them) so state_dict,
+        # optimizers and LoRA see one set of tensors.
+        if impl.weight is not module.weight:
+            impl.weight = module.weight
+        if module.bias is not None and impl.bias is not module.bias:
+            impl.bias = module.bias
         # replace_feature keeps the same indice_dict, so maps are built once per level and key.
         return impl(base.replace_feature(feat)).features
 

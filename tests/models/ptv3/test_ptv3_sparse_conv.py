@@ -128,3 +128,61 @@ def test_auto_backend_uses_torch_on_cpu():
     level = {"batch": batch, "grid_coord": grid}
     out = conv(torch.randn(30, 2), level)
     assert out.shape == (30, 3) and 3 in level["_neighbour_maps"]
+
+
+class _FakeSparseConvTensor:
+    """Stands in for spconv.SparseConvTensor: features, indices and a shared indice_dict."""
+
+    def __init__(self, features, indices, spatial_shape, batch_size, indice_dict=None):
+        self.features, self.indices = features, indices
+        self.spatial_shape, self.batch_size = spatial_shape, batch_size
+        self.indice_dict = {} if indice_dict is None else indice_dict
+
+    def replace_feature(self, features):
+        return _FakeSparseConvTensor(features, self.indices, self.spatial_shape, self.batch_size, self.indice_dict)
+
+
+class _FakeSubMConv3d(torch.nn.Module):
+    """Stands in for spconv.SubMConv3d: KRSC weight, maps cached in indice_dict under indice_key."""
+
+    builds = 0
+
+    def __init__(self, c_in, c_out, k, bias=True, indice_key=None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(c_out, k, k, k, c_in))
+        self.bias = torch.nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.indice_key = indice_key
+
+    def forward(self, x):
+        if self.indice_key not in x.indice_dict:
+            _FakeSubMConv3d.builds += 1
+            idx = x.indices.long()
+            x.indice_dict[self.indice_key] = sc.build_neighbour_map(idx[:, 0], idx[:, 1:], self.weight.shape[1])
+        out = sc.submanifold_conv3d(x.features, self.weight, self.bias, x.indice_dict[self.indice_key])
+        return x.replace_feature(out)
+
+
+def test_spconv_backend_wiring_with_a_stand_in(monkeypatch):
+    """Checks parameter sharing, indice-key reuse and outputs of the spconv path (no CUDA needed)."""
+    fake = type("spconv", (), {"SparseConvTensor": _FakeSparseConvTensor, "SubMConv3d": _FakeSubMConv3d})
+    monkeypatch.setattr(sc, "_import_spconv", lambda: fake)
+    monkeypatch.setattr(sc.SpconvSparseConvBackend, "_check_device", staticmethod(lambda feat: None))
+    _FakeSubMConv3d.builds = 0
+    cfg = dict(in_channels=4, order=("z", "hilbert"), stride=(2,), enc_depths=(2, 2), enc_channels=(8, 16),
+               enc_num_head=(1, 2), enc_patch_size=(16, 16), dec_depths=(2,), dec_channels=(8,), dec_num_head=(1,),
+               dec_patch_size=(16,), drop_path=0.0)
+    torch.manual_seed(0)
+    ref = PointTransformerV3(**cfg, sparse_conv_backend="torch").eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model = PointTransformerV3(**cfg, sparse_conv_backend="spconv").eval()
+    model.load_state_dict(ref.state_dict())
+    batch, grid = _sites(4, scenes=(100, 70), extent=8)
+    data = dict(coord=grid.float(), grid_coord=grid, feat=torch.randn(170, 4), offset=torch.tensor([100, 170]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(dict(data)).feat, ref(dict(data)).feat, atol=1e-5, rtol=1e-5)
+    assert _FakeSubMConv3d.builds == 3  # "stem" and "stage0" at level 0, "stage1" at level 1
+    conv = model.enc.enc0.block0.cpe[0]
+    assert conv.__dict__["_spconv_impl"].weight is conv.weight
+    assert "_spconv_impl" not in str(list(model.state_dict()))
