@@ -151,7 +151,7 @@ def save_checkpoint(
         )
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. SAVE then end): replace it whole
-            shutil.rmtree(final)
+            shutil.rmtree(final.rename(root / f".tmp-old-{final.name}"))  # renamed first, as in prune_checkpoints
         os.replace(tmp, final)
         _fsync_dir(root)
     except OSError as exc:
@@ -200,8 +200,8 @@ def prune_checkpoints(root: Path, keep_last: int, protect: set[Path] | None = No
     """Deletes all but the newest `keep_last` complete checkpoints (and never those in `protect`)."""
     protect = protect or set()
     for path in list_checkpoints(root)[:-keep_last]:
-        if path not in protect:
-            shutil.rmtree(path, ignore_errors=True)
+        if path not in protect:  # renamed first: a kill mid-delete leaves a .tmp- folder, never a half step-N
+            shutil.rmtree(path.rename(path.with_name(f".tmp-prune-{path.name}")), ignore_errors=True)
 
 
 @dataclass

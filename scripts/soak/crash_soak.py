@@ -80,7 +80,7 @@ class KillRecord:
     newest_before_resume: str | None
     """The newest complete `step-N` after the kill (this script's own check)."""
     partial_tmp_folders: int
-    """`.tmp-step-N` folders the kill left: the kill landed inside a checkpoint write."""
+    """`.tmp-*` folders the kill left: it landed inside a checkpoint write or a prune."""
     exit_code: int | None = None
     resumed_from: str | None = None
     """What the killed process itself resumed from (its `start` event), when it got that far."""
@@ -96,6 +96,8 @@ class SoakResult:
     verified_resumes: int = 0
     """Runs whose `start` event shows they resumed from exactly the newest complete checkpoint."""
     kills_inside_checkpoint_write: int = 0
+    kills_inside_prune: int = 0
+    """Kills that left a `.tmp-prune-*` folder: they landed while an old checkpoint was being deleted."""
     torn_event_lines: int = 0
     max_weight_diff: float = float("nan")
     reference_seconds: float = 0.0
@@ -328,8 +330,10 @@ def run_soak(
     events_path = soak_dir / "events.jsonl"
     resume = False
     for i in range(kills):
+        # Mean progress per kill is 1/(kills + 1) of the run, so the kills spread over the whole run
+        # instead of piling up after it completed.
         in_startup = rng.random() < 0.2
-        delay = rng.uniform(0.0, startup_s if in_startup else train_s)
+        delay = rng.uniform(0.0, startup_s if in_startup else 2 * train_s / (kills + 1))
         starts_before = _count_starts(events_path)
         run = _Run(mode, soak_profile, resume, work / f"kill-{i + 1}.log")
         if not in_startup:  # wait for this process's `start` event, then time the kill from there
@@ -343,9 +347,10 @@ def run_soak(
         if code not in (-signal.SIGKILL, 0):
             log = (work / f"kill-{i + 1}.log").read_text()
             result.problems.append(f"run before kill {i + 1} failed (exit {code}): {log[-2000:]}")
-        tmp = [p for p in ckpt_root.iterdir() if p.name.startswith(".tmp-")] if ckpt_root.is_dir() else []
+        tmp = [p.name for p in ckpt_root.iterdir() if p.name.startswith(".tmp-")] if ckpt_root.is_dir() else []
         record.partial_tmp_folders = len(tmp)
-        result.kills_inside_checkpoint_write += bool(tmp)
+        result.kills_inside_checkpoint_write += any(n.startswith(".tmp-step-") for n in tmp)
+        result.kills_inside_prune += any(n.startswith((".tmp-prune-", ".tmp-old-")) for n in tmp)
         result.problems.extend(f"after kill {i + 1}: {p}" for p in check_checkpoint_folders(ckpt_root))
         record.newest_before_resume = newest_complete(ckpt_root)
         if events_path.exists():
@@ -418,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'OK' if result.ok else 'FAILED'}: {len(result.kills)} kills, {result.resumes} resumes, "
         f"{result.verified_resumes} verified newest-checkpoint resumes, "
-        f"{result.kills_inside_checkpoint_write} inside a checkpoint write, {result.torn_event_lines} torn event "
+        f"{result.kills_inside_checkpoint_write} inside a checkpoint write, {result.kills_inside_prune} inside a prune, {result.torn_event_lines} torn event "
         f"lines, max adapter difference {result.max_weight_diff:.3g}"
     )
     return 0 if result.ok else 1
