@@ -218,3 +218,17 @@ def test_peft_lora_on_attention_and_mlp_trains_only_adapters():
     lora.base_model.model(_data()).feat.square().mean().backward()
     with_grad = {n for n, p in lora.named_parameters() if p.grad is not None}
     assert with_grad and all("lora_" in n for n in with_grad)
+
+
+@pytest.mark.slow
+def test_scenesplat_preset_runs_on_cpu():
+    torch.manual_seed(0)
+    model = PointTransformerV3(**SCENESPLAT_CONFIG).eval()
+    gen = torch.Generator().manual_seed(0)
+    cells = torch.randperm(40**3, generator=gen)[:1500]
+    grid = torch.stack([cells // 1600, (cells // 40) % 40, cells % 40], 1)
+    data = dict(coord=grid.float() * 0.02, grid_coord=grid, feat=torch.randn(1500, 11, generator=gen),
+                offset=torch.tensor([900, 1500]))
+    with torch.no_grad():
+        out = model(data)
+    assert out.feat.shape == (1500, 768) and torch.isfinite(out.feat).all()
