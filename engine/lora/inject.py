@@ -58,10 +58,12 @@ def _check_adapter_name(model: nn.Module, adapter_name: str) -> None:
         raise ProfileError(
             f"`adapter_name`: must be a non-empty name without dots, got {adapter_name!r}. Use e.g. 'default'."
         )
-    if adapter_name in list_adapters(model):
+    bank = get_prompt_bank(model)
+    taken = [*list_adapters(model), *(bank.adapters if bank is not None else [])]
+    if adapter_name in taken:
         raise ProfileError(
-            f"`adapter_name`: an adapter named {adapter_name!r} is already injected, got {adapter_name!r}. "
-            f"Pick another name; present: {list_adapters(model)!r}."
+            f"`adapter_name`: an adapter named {adapter_name!r} is already in the model (or merged into it), "
+            f"got {adapter_name!r}. Pick another name; taken: {sorted(set(taken))!r}."
         )
 
 
@@ -288,7 +290,8 @@ def get_lora_parameters(model: nn.Module, adapter_name: str | None = None) -> li
     prompt_ids = set()
     if bank is not None:
         for name, mlps in bank.adapters.items():
-            if adapter_name is None or name == adapter_name:
+            # A merged adapter's prompt is part of the base now, not something to optimise.
+            if name not in bank.always and (adapter_name is None or name == adapter_name):
                 prompt_ids |= {id(p) for p in mlps.parameters()}
     biases = _bias_names(model, getattr(model, BIAS_ATTR, "none"))
     params = []

@@ -47,13 +47,15 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
     bank = get_prompt_bank(model)
     prompt_keys: list[str] = []
     if bank is not None:
-        for adapter in [a for a in bank.adapters if a != active]:
+        for adapter in [a for a in bank.adapters if a != active and a not in bank.always]:
             del bank.adapters[adapter]
+        bank.active = []
         if active in bank.adapters:
-            bank.active = [active]
+            # The prompt is now part of the base model: it runs whatever adapter is injected later.
+            bank.always = [*bank.always, active]
+        if bank.adapters:
             prompt_keys = [f"{PROMPT_ATTR}.{k}" for k in bank.state_dict()]
         else:
-            bank.active = []
             delattr(model, PROMPT_ATTR)
     setattr(
         model,

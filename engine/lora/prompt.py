@@ -51,12 +51,14 @@ class PromptMLP(nn.Module):
 
 
 class PromptBank(nn.Module):
-    """All prompt MLPs of a model: ``adapters[adapter][stage][role]`` plus the active adapter names."""
+    """All prompt MLPs of a model: ``adapters[adapter][stage][role]``, the active adapters, and the merged
+    ones (``always``) whose prompts keep running because their LoRA deltas now live in the base weights."""
 
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict()
         self.active: list[str] = []
+        self.always: list[str] = []
 
     def lookup(self, adapter: str, stage: str, role: str) -> PromptMLP | None:
         """Return the MLP for one adapter, stage and role, or None if that adapter has none."""
@@ -81,7 +83,7 @@ class _PromptBypass:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]  # (..., in)
-        for adapter in self.bank.active:
+        for adapter in (*self.bank.always, *self.bank.active):
             mlp = self.bank.lookup(adapter, self.stage, self.role)
             if mlp is not None:
                 output = output + mlp(x.to(mlp.down.weight.dtype)).to(output.dtype)
@@ -157,7 +159,12 @@ def prompt_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.Te
     }
 
 
-def prompt_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Return every prompt MLP parameter of the model (all adapters)."""
+def prompt_parameters(model: nn.Module, include_merged: bool = False) -> list[nn.Parameter]:
+    """Return the prompt MLP parameters of every adapter; merged ones (now part of the base) only on request."""
     bank = get_prompt_bank(model)
-    return list(bank.parameters()) if bank is not None else []
+    if bank is None:
+        return []
+    return [
+        p for name, mlps in bank.adapters.items() if include_merged or name not in bank.always
+        for p in mlps.parameters()
+    ]

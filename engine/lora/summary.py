@@ -25,10 +25,11 @@ def lora_summary(model: nn.Module) -> dict[str, Any]:
     Returns:
         ``{"total_params", "lora_params", "trainable_params", "lora_ratio_percent", "lora_bytes",
         "adapters", "active_adapter", "merged", "prompt_kept_params", "rows"}``; each row is
-        ``{"module", "kind" ("lora"|"prompt"), "adapter", "shape" [out, in], "rank", "params", "bytes"}``.
+        ``{"module", "kind" ("lora"|"prompt"|"prompt (merged)"), "adapter", "shape" [out, in], "rank", "params",
+        "bytes"}``.
         Everything is JSON-serialisable.
     """
-    prompt_ids = {id(p) for p in prompt_parameters(model)}
+    prompt_ids = {id(p) for p in prompt_parameters(model, include_merged=True)}
     total = lora = trainable = 0
     for name, param in model.named_parameters():
         total += param.numel()
@@ -51,16 +52,17 @@ def lora_summary(model: nn.Module) -> dict[str, Any]:
                 "bytes": _nbytes(params),
             })
     bank = get_prompt_bank(model)
-    prompt_total = 0
+    prompt_kept = 0
     if bank is not None:
         for adapter, stages in bank.adapters.items():
             for stage, mlps in stages.items():
                 for role, mlp in mlps.items():
                     params = list(mlp.parameters())
-                    prompt_total += sum(p.numel() for p in params)
+                    if adapter in bank.always:
+                        prompt_kept += sum(p.numel() for p in params)
                     rows.append({
                         "module": f"{PROMPT_ATTR}.{stage}.{role}",
-                        "kind": "prompt",
+                        "kind": "prompt (merged)" if adapter in bank.always else "prompt",
                         "adapter": adapter,
                         "shape": [int(mlp.up.out_features), int(mlp.down.in_features)],
                         "rank": int(mlp.down.out_features),
@@ -75,9 +77,9 @@ def lora_summary(model: nn.Module) -> dict[str, Any]:
         "lora_ratio_percent": 100.0 * lora / total if total else 0.0,
         "lora_bytes": sum(r["bytes"] for r in rows),
         "adapters": list_adapters(model),
-        "active_adapter": get_active_adapter(model) if merged is None else merged["adapter_name"],
+        "active_adapter": get_active_adapter(model) or (merged or {}).get("adapter_name"),
         "merged": merged is not None,
-        "prompt_kept_params": prompt_total if merged is not None else 0,
+        "prompt_kept_params": prompt_kept,
         "rows": rows,
     }
 
@@ -104,7 +106,7 @@ def build_summary_table(summary: dict[str, Any], max_rows: int = 40) -> Table:
         table.add_column(column, justify=justify)
     rows = summary["rows"]
     for row in rows[:max_rows]:
-        module = row["module"] + (" (prompt)" if row["kind"] == "prompt" else "")
+        module = row["module"] + (f" ({row['kind']})" if row["kind"] != "lora" else "")
         table.add_row(module, row["adapter"], "x".join(str(d) for d in row["shape"]), str(row["rank"]),
                       f"{row['params']:,}", f"{row['bytes']:,}")
     if len(rows) > max_rows:
@@ -119,8 +121,8 @@ def print_lora_summary(model: nn.Module, console: Console | None = None, max_row
     summary = lora_summary(model)
     print(format_summary_block(summary))
     if summary["merged"] and summary["prompt_kept_params"]:
-        print(f"Merged adapter {summary['active_adapter']!r}: LoRA folded into the base weights; "
-              f"prompt MLPs kept ({summary['prompt_kept_params']:,} parameters).")
+        print(f"Merged adapter {getattr(model, MERGED_ATTR)['adapter_name']!r}: LoRA folded into the base "
+              f"weights; prompt MLPs kept ({summary['prompt_kept_params']:,} parameters).")
     if summary["rows"]:
         (console or Console()).print(build_summary_table(summary, max_rows))
     return summary

@@ -138,7 +138,7 @@ def test_two_adapters_switch_by_name_and_prompt_follows(feats):
     inject_lora_to_ptv3(model, r=4, target_stages=[4], adapter_name="det")
     randomise_lora(model, seed=2)
     assert list_adapters(model) == ["seg", "det"]
-    with pytest.raises(ProfileError, match="already injected"):
+    with pytest.raises(ProfileError, match=r"adapter named 'seg' is already in the model"):
         inject_lora_to_ptv3(model, adapter_name="seg")
     det = model(feats)
     set_active_adapter(model, "seg")

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from engine.errors import ProfileError
 from engine.lora import inject_lora_to_dit, inject_lora_to_ptv3, merge_lora_weights, set_active_adapter
 from engine.models.dit import TripoSGDiTModel
 from tests.lora.conftest import TINY_DIT, ptv3_input, randomise_lora, run_ptv3, standin_small, tiny_ptv3
@@ -77,3 +78,19 @@ def test_merged_dit_equals_unmerged(blocks):
     merge_lora_weights(model)
     torch.testing.assert_close(model(**x).sample, unmerged, rtol=1e-5, atol=1e-5)
     base.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_a_merged_prompt_keeps_running_under_a_new_adapter_and_stays_frozen(feats):
+    from engine.lora import get_lora_parameters, mark_only_lora_as_trainable
+
+    model = inject_lora_to_ptv3(standin_small().eval(), r=2, enable_prompt=True, target_stages=[4])
+    randomise_lora(model)
+    merged_out = merge_lora_weights(model)(feats)
+    with pytest.raises(ProfileError, match="already in the model \\(or merged into it\\)"):
+        inject_lora_to_ptv3(model, r=2, target_stages=[3])
+    inject_lora_to_ptv3(model, r=2, target_stages=[3], adapter_name="next", enable_prompt=True)
+    mark_only_lora_as_trainable(model)
+    torch.testing.assert_close(model(feats), merged_out, rtol=0, atol=0)
+    kept = list(model.lora3d_prompt.adapters["default"].parameters())
+    assert kept and not any(p.requires_grad for p in kept)
+    assert {id(p) for p in kept}.isdisjoint(id(p) for p in get_lora_parameters(model))
