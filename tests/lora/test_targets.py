@@ -122,3 +122,17 @@ def test_dit_errors_and_missing_cross2_warns():
     with pytest.warns(UserWarning, match="no `attn2_2` modules"):
         names = resolve_dit_targets(triposg, blocks=[0])
     assert len(names) == 8
+
+
+def test_guide_stages_on_scenesplat_four_stage_backbone_name_the_valid_ones():
+    import torch
+
+    from engine.lora import inject_lora_to_ptv3
+    from engine.models.ptv3 import SCENESPLAT_CONFIG, PointTransformerV3
+
+    with torch.device("meta"):
+        model = PointTransformerV3(**{**SCENESPLAT_CONFIG, "sparse_conv_backend": "torch", "attention_backend": "sdpa"})
+    # The guide's example assumes Pointcept's 5 stages; SceneSplat has enc0..enc3.
+    with pytest.raises(ProfileError, match=r"stage 4 does not exist.*encoder stages 0, 1, 2, 3, decoder stages"):
+        inject_lora_to_ptv3(model, target_stages=[3, 4])
+    assert not hasattr(model, "peft_config")  # nothing was injected
