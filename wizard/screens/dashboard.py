@@ -54,6 +54,7 @@ class DashboardScreen(Screen):
         run_dir: the run directory (events.jsonl, train.log, SAVE/STOP control files).
         profile_path: when given, a child `lora3d train` is started on it; otherwise the screen watches.
         launch: run through accelerate (`--launch`), for several GPUs.
+        overrides: `KEY=VALUE` settings passed to the child as `--set` (benchmarks, smoke tests).
     """
 
     BINDINGS = [
@@ -66,8 +67,10 @@ class DashboardScreen(Screen):
         Binding("3", "tab('log')", "Log", show=False),
     ]
 
-    def __init__(self, run_dir: Path, profile_path: Path | None = None, launch: bool = False) -> None:
+    def __init__(self, run_dir: Path, profile_path: Path | None = None, launch: bool = False,
+                 overrides: list[str] | None = None) -> None:
         super().__init__()
+        self.overrides = list(overrides or [])
         self.run_dir = Path(run_dir)
         self.profile_path = profile_path
         self.launch = launch
@@ -99,7 +102,7 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         if self.profile_path is not None:
-            self.run = launch_run(self.profile_path, self.run_dir, launch=self.launch)
+            self.run = launch_run(self.profile_path, self.run_dir, launch=self.launch, overrides=self.overrides)
             self._log(f"started: {' '.join(self.run.command[1:])} (pid {self.run.pid}); output in {self.run.log_path}")
         else:
             self._log(f"watching {self.run_dir / 'events.jsonl'}")
