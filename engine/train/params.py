@@ -24,7 +24,7 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
     except ImportError:
         return summary
     try:
-        summary["modules"] = lora_summary(model).get("modules", [])
+        summary["modules"] = lora_summary(model).get("rows", [])
     except Exception:  # a model without adapters, or an older summary format: counts alone still help
         summary["modules"] = []
     return summary
