@@ -69,7 +69,7 @@ def _epoch(profile, device: str) -> dict[str, float]:
     return {"epoch_s": time.perf_counter() - t0, "fill_s": fill, "first_loss": first_loss, "scenes": len(train)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 scenes, 512 points, 16 tokens")
     parser.add_argument("--pretrained", help="MIDI-3D folder (default: a tiny random MIDI-layout pipeline)")
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 suits tiny models)")
     parser.add_argument("--json", help="also write the numbers to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.scenes, args.num_samples, args.num_tokens = 4, 512, 16
     torch.set_num_threads(args.threads)
