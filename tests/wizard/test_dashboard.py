@@ -39,7 +39,7 @@ def test_dashboard_numbers_update_live(tmp_path):
             text = screen_text(app)
             assert "step 10/20" in text and "epoch 1/2" in text and "ETA 20s" in text
             assert "loss 1.1 " in text and "1.00 samples/s" in text and "512.0 MB RSS" in text
-            assert "best miou 0.25 @ 5" in text
+            assert "best miou 0.25 @ step 5" in text
             assert screen.query_one("#run-lora-table").row_count == 4
             assert "4 adapted modules" in text
             assert "warning: step 5: loss spike (test)" in log_text(app)

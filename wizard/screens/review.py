@@ -12,7 +12,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Static
 from engine.errors import Lora3dError
 from engine.profile import dump_profile, save_profile
 from wizard.dialogs.confirm import ConfirmDialog
-from wizard.draft import suggest_profile_path
+from wizard.draft import free_run_dir, suggest_profile_path
 from wizard.messages import StartRun
 from wizard.screens.base import WizardScreen
 from wizard.widgets.profile_preview import ProfilePreview
@@ -57,7 +57,7 @@ class ReviewScreen(WizardScreen):
             return
         path = self.query_one("#save-path", Input).value.strip() or "PROFILE.yaml"
         command = Text.assemble(("headless: ", "bold"), self.draft.train_command(path))
-        command.append(f"\nrun directory: {profile.output.dir}", style="dim")
+        command.append(f"\nrun directory: {free_run_dir(Path(profile.output.dir))}", style="dim")
         self.query_one("#command", Static).update(command)
         self.query_one("#yaml", ProfilePreview).show(dump_profile(profile))
 
