@@ -7,8 +7,9 @@ scene are replaced by zeros with probability `cfg_dropout` (the unconditional br
 Random draws use torch's global RNG in a fixed order: posterior eps, sigmas, CFG drop, noise.
 
 Evaluation: the same loss at a fixed grid of sigmas with noise from a fixed generator (no dropout), and
-optionally a few scenes generated with CFG, meshed and compared to the ground-truth surface points by
-Chamfer distance.
+optionally a few scenes generated with CFG, meshed and compared by Chamfer distance to the ground-truth
+surface points (`val_chamfer`) and to the frozen VAE's reconstruction of the ground truth
+(`val_chamfer_recon`: the DiT's error alone, meaningful even with a poor or random VAE).
 """
 
 from __future__ import annotations
@@ -212,28 +213,42 @@ def scene_chamfer(
     clip: torch.Tensor | None,  # (n, 1, Dc)
     dino: torch.Tensor,  # (n, M, Dd)
     gt_points: torch.Tensor,  # (n, G, 3)
+    gt_latents: torch.Tensor,  # (n, T, C) posterior means of the ground truth
     num_tokens: int,
     steps: int,
     guidance_scale: float,
     octree_resolution: int,
     seed: int,
-) -> tuple[list[float], int]:
-    """Generates one scene, meshes each instance and returns per-instance Chamfer distances and surfaces found."""
+) -> tuple[list[float], list[float], int]:
+    """Generates one scene and meshes each instance.
+
+    Returns:
+        Per-instance Chamfer distances to the ground-truth surface points, per-instance Chamfer distances
+        to the frozen VAE's own reconstruction of the ground truth (the DiT's error alone, whatever the
+        VAE's quality), and the number of instances whose generated field had a surface.
+    """
     from engine.models.dit.mesh import extract_mesh
 
     frozen = frozen_parts(model)
+    vae_dtype = next(frozen.vae.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)
     latents = generate_latents(model, clip, dino, num_tokens, steps, guidance_scale, generator)
-    meshes = extract_mesh(frozen.vae, latents.to(next(frozen.vae.parameters()).dtype), octree_resolution=octree_resolution)
-    distances, found = [], 0
-    for index, mesh in enumerate(meshes):
-        points = mesh_surface_points(mesh, gt_points.shape[1], seed + index)
+    meshes = extract_mesh(frozen.vae, latents.to(vae_dtype), octree_resolution=octree_resolution)
+    references = extract_mesh(frozen.vae, gt_latents.to(vae_dtype), octree_resolution=octree_resolution)
+    to_gt, to_recon, found = [], [], 0
+    count = gt_points.shape[1]
+    for index, (mesh, reference) in enumerate(zip(meshes, references)):
+        points = mesh_surface_points(mesh, count, seed + index)
+        recon = mesh_surface_points(reference, count, seed + index)
         if points is None:
-            distances.append(CHAMFER_MISSING)
+            to_gt.append(CHAMFER_MISSING)
+            to_recon.append(CHAMFER_MISSING)
             continue
         found += 1
-        distances.append(chamfer_distance(torch.from_numpy(points), gt_points[index].cpu()))
-    return distances, found
+        generated = torch.from_numpy(points)
+        to_gt.append(chamfer_distance(generated, gt_points[index].cpu()))
+        to_recon.append(CHAMFER_MISSING if recon is None else chamfer_distance(generated, torch.from_numpy(recon)))
+    return to_gt, to_recon, found
 
 
 @torch.no_grad()
@@ -242,6 +257,7 @@ def evaluate_scenes(model: nn.Module, batches: Any, profile: Any, with_chamfer: 
     data, options = profile.data, profile.model
     total, count = 0.0, 0
     distances: list[float] = []
+    recon_distances: list[float] = []
     found = 0
     scenes_done = 0
     for index, batch in enumerate(batches):
@@ -252,21 +268,24 @@ def evaluate_scenes(model: nn.Module, batches: Any, profile: Any, with_chamfer: 
         if not with_chamfer or scenes_done >= data.eval_chamfer_scenes:
             continue
         clip, dino = batch_conditions(model, batch)
+        mean, _ = batch_posterior(model, batch, options.num_tokens)
         slots = int(batch["num_instances_per_batch"])
         for scene, real in enumerate(batch["num_instances"].tolist()):
             if scenes_done >= data.eval_chamfer_scenes:
                 break
             rows = slice(scene * slots, scene * slots + real)
-            d, f = scene_chamfer(
-                model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows],
+            d, r, f = scene_chamfer(
+                model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows], mean[rows],
                 options.num_tokens, data.eval_sample_steps, data.eval_guidance_scale, data.eval_octree_resolution,
                 seed=profile.train.seed + scenes_done,
             )
             distances.extend(d)
+            recon_distances.extend(r)
             found += f
             scenes_done += 1
     metrics = {"val_loss": total / max(count, 1)}
     if distances:
         metrics["val_chamfer"] = float(np.mean(distances))
+        metrics["val_chamfer_recon"] = float(np.mean(recon_distances))
         metrics["val_surface_found"] = found / len(distances)
     return metrics

@@ -71,6 +71,7 @@ def test_evaluation_is_deterministic_and_reports_chamfer(midi_env, tmp_path):
     second = evaluate_scenes(model, batches(), profile, with_chamfer=True)
     assert first == second
     assert first["val_loss"] > 0 and first["val_chamfer"] > 0 and 0 <= first["val_surface_found"] <= 1
+    assert first["val_chamfer_recon"] >= 0
     assert "val_chamfer" not in evaluate_scenes(model, batches(), profile, with_chamfer=False)
 
 
