@@ -66,6 +66,11 @@ class MemoryDescription:
     """Bytes of the micro-batch's input tensors per token (features, targets, coordinates)."""
     index_bytes_per_token: float = 0.0
     """Bytes of integer buffers per token (serialization orders, neighbour maps, padding plans)."""
+    fixed_bytes_per_sample: float = 0.0
+    """Bytes per sample that do not scale with its tokens (PTv3: the dense neighbour lookup table over the
+    scene's voxel grid)."""
+    activation_factor: float = 1.0
+    """Measured peak over the counted saved tensors (backward temporaries, allocator retention)."""
     notes: list[str] = field(default_factory=list)
     """Defaults and assumptions the description used (shown by `lora3d plan`)."""
 

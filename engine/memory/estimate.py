@@ -130,7 +130,8 @@ def activation_bytes(
         else:
             stored += full
     per_token_fixed = description.input_bytes_per_token + description.index_bytes_per_token
-    return int(stored + widest + tokens * per_token_fixed)
+    saved = (stored + widest) * description.activation_factor
+    return int(saved + tokens * per_token_fixed + micro_batch * description.fixed_bytes_per_sample)
 
 
 def estimate_description(

@@ -10,6 +10,8 @@ Assumptions:
   rooms keep 0.63 and then 0.41 per level), so 1/s errs on the safe side.
 - Patch attention is O(points x patch) and stores no score matrix (SDPA flash/memory-efficient
   kernels); `enable_rpe` or upcasting forces the math path, which stores heads x patch per point.
+- The neighbour search's dense lookup table spans the scene's voxel grid (`DEFAULT_ROOM_M` for real
+  data, at `data.grid_size`).
 - A submanifold 3x3x3 neighbourhood holds about `_NEIGHBOURS_K3` active sites on a surface, 5x5x5
   about `_NEIGHBOURS_K5` (neighbour maps are int64 pairs, built once per level).
 """
@@ -20,6 +22,10 @@ from typing import Any
 
 from engine.families.base import MemoryDescription
 
+DEFAULT_ROOM_M = (8.0, 8.0, 3.0)
+"""Scene extent in metres assumed for the dense neighbour lookup table of real data."""
+SYNTHETIC_ROOM_M = (4.5, 4.0, 2.5)
+"""Extent of the built-in synthetic rooms (at most 5 x 4.5 m floor, 2.5 m walls)."""
 DEFAULT_POINTS_PER_SCENE = 192_000
 """Points per scene when the profile sets no `data.point_budget` (SceneSplat's training budget)."""
 
@@ -35,6 +41,9 @@ _PTV3_DEFAULTS: dict[str, Any] = dict(
 _NEIGHBOURS_K3 = 10
 _NEIGHBOURS_K5 = 25
 _PROMPT_HIDDEN = 32
+_SEARCH_BLOCK_BYTES = 48 * 1024**2
+"""The neighbour search's query blocks (measured on CPU: the tiny model's peak sits about this much
+above the table plus the counted activations, independent of the points)."""
 _INPUT_BYTES_PER_POINT = 12 + 24 + 8 + 8
 """coord (3 x fp32), grid_coord (3 x int64), segment and batch index (int64) per point."""
 
@@ -203,6 +212,11 @@ def describe_memory(profile: Any) -> MemoryDescription:
     for f in factors[:num_enc]:
         index_bytes += f * (3 * 8 * n_orders + 16 * _NEIGHBOURS_K3 + 16)
     points, source = points_per_scene(profile)
+    # The stem's 5x5x5 neighbour search looks sites up in a dense int64 table over the scene's grid.
+    room = SYNTHETIC_ROOM_M if profile.data.root is None else DEFAULT_ROOM_M
+    cells = 1.0
+    for metres in room:
+        cells *= metres / profile.data.grid_size + 5
     notes = [f"points per scene: {points} ({source})",
              "PTv3 attention: O(points x patch) through SDPA/flash, no stored scores"
              if not scores_stored else "PTv3 attention: math path (enable_rpe/upcast) stores heads x patch per point"]
@@ -216,5 +230,6 @@ def describe_memory(profile: Any) -> MemoryDescription:
         lora_params_per_rank=int(lora_per_rank),
         input_bytes_per_token=float(input_bytes),
         index_bytes_per_token=float(index_bytes),
+        fixed_bytes_per_sample=8 * cells + _SEARCH_BLOCK_BYTES,
         notes=notes,
     )
