@@ -32,6 +32,8 @@ def test_state_numbers_from_steps():
 def test_state_end_and_failure():
     done = RunState()
     done.apply(synthetic_events(steps=3, end="completed"))
+    done.apply([{"type": "checkpoint", "step": 3, "path": "run/checkpoints/step-3", "reason": "requested"}])
+    assert done.messages[-1] == ("info", "checkpoint at step 3 (requested): run/checkpoints/step-3")
     assert done.finished and done.status == "completed" and done.eta_seconds == 0.0
     failed = RunState()
     failed.apply(synthetic_events(steps=3, error="CUDA out of memory", end="failed"))

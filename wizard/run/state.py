@@ -113,6 +113,7 @@ class RunState:
 
     def _on_checkpoint(self, event: dict[str, Any]) -> None:
         self.checkpoints.append(event)
+        self.messages.append(("info", f"checkpoint at step {event.get('step')} ({event.get('reason')}): {event.get('path')}"))
 
     def _on_warning(self, event: dict[str, Any]) -> None:
         where = f"step {event['step']}: " if event.get("step") is not None else ""

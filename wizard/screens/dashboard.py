@@ -186,11 +186,13 @@ class DashboardScreen(Screen):
             end = state.end or {}
             if not self._failure_shown:
                 self._failure_shown = True
-                self._log(f"run {end.get('status')} at step {end.get('step')}; adapter: {end.get('adapter', '-')}",
-                          style="green")
-                self.query_one("#last-message", Static).update(Text(
-                    f"{end.get('status')}: adapter in {end.get('adapter') or self.run_dir}. Press q to quit.",
-                    style="bold green"))
+                if end.get("status") == "stopped":
+                    note = (f"stopped at step {end.get('step')} with a checkpoint; continue with: lora3d train "
+                            f"{self.run_dir / 'profile.resolved.yaml'} --out {self.run_dir} --resume")
+                else:
+                    note = f"run {end.get('status')} at step {end.get('step')}; adapter: {end.get('adapter')}"
+                self._log(note, style="green")
+                self.query_one("#last-message", Static).update(Text(f"{note}. q quits.", style="bold green"))
             return
         if failed and not self._failure_shown:
             self._failure_shown = True

@@ -30,7 +30,7 @@ FIELDS: dict[str, tuple[str, str, str]] = {
     "grad_accum": ("grad accumulation", "train.grad_accum", "int"),
     "gradient_checkpointing": ("grad checkpointing", "train.gradient_checkpointing", "bool"),
     "precision": ("precision", "train.mixed_precision", "choice"),
-    "lr": ("learning rate", "train.lr", "float"),
+    "lr": ("learning rate", "train.lr", "float?"),
     "max_steps": ("max steps", "train.max_steps", "int?"),
     "preset": ("LoRA preset", "lora.preset", "choice"),
     "target_modules": ("LoRA targets", "lora.target_modules", "list"),
@@ -50,7 +50,9 @@ def parse_field(name: str, text: str) -> tuple[Any, str | None]:
             return int(text), None
         except ValueError:
             return None, f"`{key}` must be a whole number, got {text!r}. Type digits only, e.g. 8."
-    if kind == "float":
+    if kind in ("float", "float?"):
+        if not text and kind == "float?":
+            return None, None
         try:
             return float(text), None
         except ValueError:
@@ -110,7 +112,8 @@ class PlanScreen(WizardScreen):
                 id="gradient_checkpointing", compact=True))
             yield from self._row("precision", Select(
                 [(p, p) for p in PRECISIONS], value=plan.precision, allow_blank=False, id="precision", compact=True))
-            yield from self._row("lr", Input("" if plan.lr is None else f"{plan.lr:g}", id="lr", compact=True))
+            yield from self._row("lr", Input("" if plan.lr is None else f"{plan.lr:g}", placeholder="empty: the default, 1e-4",
+                                             id="lr", compact=True))
             yield from self._row("max_steps", Input("" if plan.max_steps is None else str(plan.max_steps),
                                                     placeholder="empty: train.epochs", id="max_steps", compact=True))
             presets = self._presets()
