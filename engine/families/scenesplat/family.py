@@ -339,6 +339,22 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     return model
 
 
+def language_view(model: PTv3Segmentor) -> PTv3LanguageModel:
+    """A language model over `model`'s own backbone object, sharing its adapter registry.
+
+    Multi-task inference on one base: load the `semseg` adapter into the segmentor and the `lang`
+    adapter into this view; both then live in the same LoRA layers, and `set_active_adapter` on either
+    model picks which one runs. (A lang adapter cannot go into the segmentor directly: its recorded
+    base architecture has no `seg_head`.)
+    """
+    if not hasattr(model, "peft_config"):
+        model.peft_config = {}
+    view = PTv3LanguageModel(model.backbone)
+    # NOTE: one registry, so PEFT keeps each adapter's tensors apart when saving or loading either model.
+    view.peft_config = model.peft_config
+    return view
+
+
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The keys PTv3 reads from a collated batch."""
     return {k: batch[k] for k in ("coord", "grid_coord", "feat", "offset") if k in batch}
@@ -793,6 +809,7 @@ __all__ = [
     "SceneSplatModelOptions",
     "SyntheticRoomDataset",
     "backbone_config",
+    "language_view",
     "load_adapter",
     "load_base_weights",
 ]
