@@ -110,6 +110,41 @@ def _transformer_config(pretrained: Path | None) -> dict[str, Any] | None:
     return config
 
 
+def _inject_dit_lora(
+    model: nn.Module,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    blocks: list[int] | None,
+    attention_kinds: list[str],
+    target_modules: list[str] | None = None,
+) -> nn.Module:
+    """`inject_lora_to_dit`, minus the CLIP cross-attention's `to_q` of a MIDI model.
+
+    MIDI's CLIP condition is one token, and attention over a single key ignores the query (the softmax of
+    one score is 1), so a LoRA on `attn2.to_q` would never receive a gradient; it is left out and
+    recorded under `skipped`.
+    """
+    from engine.lora import DIT_PROJECTIONS, build_lora_config, inject_lora_layers, resolve_dit_targets
+
+    modules = list(target_modules or DIT_PROJECTIONS)
+    names = list(resolve_dit_targets(model, blocks, attention_kinds, modules))
+    skipped = []
+    if model.config.use_cross_attention_2:
+        skipped = [n for n in names if n.endswith("attn2.to_q")]
+        names = [n for n in names if n not in skipped]
+    if not names:
+        raise ProfileError(
+            f"`lora.target_modules`: nothing left to adapt, got {modules} on {attention_kinds}. The CLIP "
+            "cross-attention's `to_q` has no effect (one key token); add `to_k`, `to_v` or `to_out.0`."
+        )
+    config = build_lora_config(names, r, lora_alpha, lora_dropout)
+    record = {"family": "dit", "r": r, "lora_alpha": lora_alpha, "lora_dropout": float(lora_dropout),
+              "blocks": list(blocks) if blocks is not None else None, "attention_kinds": list(attention_kinds),
+              "target_modules": modules, "enable_prompt": False, "skipped": skipped}
+    return inject_lora_layers(model, config, "default", record)
+
+
 def tiny_base_folder(seed: int) -> Path:
     """A tiny random MIDI pipeline under $LORA3D_CACHE (written once), the base when `model.pretrained` is empty."""
     from engine.models.dit.pipeline import build_tiny_pipeline
@@ -213,7 +248,7 @@ class MidiFamily(Family):
         return dit
 
     def inject_lora(self, model: nn.Module, profile) -> nn.Module:
-        from engine.lora import get_preset, inject_lora_to_dit, mark_only_lora_as_trainable
+        from engine.lora import get_preset, mark_only_lora_as_trainable
 
         lora = profile.lora
         kinds = ["self", "cross", "cross2"] if model.config.use_cross_attention_2 else ["self", "cross"]
@@ -231,8 +266,7 @@ class MidiFamily(Family):
             kwargs["attention_kinds"] = list(lora.attention_kinds)
         if lora.target_modules is not None:
             kwargs["target_modules"] = list(lora.target_modules)
-        inject_lora_to_dit(model, **kwargs)
-        return mark_only_lora_as_trainable(model)
+        return mark_only_lora_as_trainable(_inject_dit_lora(model, **kwargs))
 
     def set_gradient_checkpointing(self, model: nn.Module, enabled: bool) -> None:
         if enabled:

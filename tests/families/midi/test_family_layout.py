@@ -111,3 +111,24 @@ def test_build_model_freezes_everything_and_lora_targets_the_chosen_blocks(midi_
     assert {n.split(".")[1] for n in trainable} == {"1", "2"}
     assert all(".attn1." in n for n in trainable)
     assert "midi_frozen" not in "".join(model.state_dict())
+
+
+def test_clip_cross_attention_query_is_not_adapted_because_it_cannot_learn(midi_env, tmp_path, one_thread):
+    profile = midi_profile(midi_env, tmp_path)
+    family = MidiFamily()
+    model = family.inject_lora(family.build_model(profile), profile)
+    adapted = model.lora3d_targets["default"]["modules"]
+    assert "blocks.0.attn2.to_k" in adapted and "blocks.0.attn2_2.to_q" in adapted
+    assert not any(n.endswith("attn2.to_q") for n in adapted)
+    assert model.lora3d_targets["default"]["skipped"] == [f"blocks.{i}.attn2.to_q" for i in range(3)]
+    # why: with one key token the query does not change the output at all
+    attn = model.blocks[0].attn2
+    x, c = torch.randn(2, 5, 32), torch.randn(2, 1, 16)
+    with torch.no_grad():
+        before = attn(x, c)
+        attn.to_q.weight.add_(torch.randn_like(attn.to_q.weight))
+        after = attn(x, c)
+    torch.testing.assert_close(before, after)
+    with pytest.raises(ProfileError, match="nothing left to adapt"):
+        only_q = midi_profile(midi_env, tmp_path, lora={"target_modules": ["to_q"], "attention_kinds": ["cross"]})
+        family.inject_lora(family.build_model(only_q), only_q)
