@@ -90,7 +90,7 @@ def check_host_ram(profile: Any, family: Any, hardware: Any) -> list[str]:
     device = "cpu" if hardware.cpu_mode or profile.train.device == "cpu" else "cuda"
     try:
         est = estimate_host_ram(profile, family, device)
-    except NotImplementedError:  # a third-party family without a memory description
+    except Exception:  # advice only: a family without a usable memory description must not stop a run
         return []
     warnings = []
     limit = HOST_HEADROOM * hardware.host_ram_bytes
