@@ -138,6 +138,10 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def _is_cuda(device: Any) -> bool:
+    return getattr(device, "type", str(device)) == "cuda"
+
+
 class PeakMemory:
     """Peak memory above the level at `start()`, in MiB: CUDA allocator peak, or the process's peak RSS.
 
@@ -151,9 +155,9 @@ class PeakMemory:
         self._base = 0
 
     def start(self) -> None:
-        import torch
+        if _is_cuda(self.device):
+            import torch
 
-        if getattr(self.device, "type", str(self.device)) == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
@@ -162,9 +166,9 @@ class PeakMemory:
 
     def stop(self) -> dict[str, float]:
         """Returns {"extra_mib": peak above start, "peak_mib": absolute peak, "kind": what was read}."""
-        import torch
+        if _is_cuda(self.device):
+            import torch
 
-        if getattr(self.device, "type", str(self.device)) == "cuda":
             torch.cuda.synchronize()
             peak, kind = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
         else:
