@@ -7,15 +7,22 @@ import traceback
 from engine.cli import main as cli_main
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int | None, str]:
-    """(exit code, stderr); an exception escaping main() is what a real process prints as a traceback,
-    so it comes back as code None with the traceback text."""
+def run_cli_full(argv: list[str], capsys) -> tuple[int | None, str, str]:
+    """(exit code, stderr, stdout); an exception escaping main() is what a real process prints as a
+    traceback, so it comes back as code None with the traceback text in stderr."""
     capsys.readouterr()
     try:
         code = cli_main(argv)
     except BaseException:
-        return None, capsys.readouterr().err + traceback.format_exc()
-    return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return None, captured.err + traceback.format_exc(), captured.out
+    captured = capsys.readouterr()
+    return code, captured.err, captured.out
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int | None, str]:
+    """(exit code, stderr) of run_cli_full."""
+    return run_cli_full(argv, capsys)[:2]
 
 
 def assert_one_message(code: int | None, err: str, needles: tuple[str, ...], exit_code: int = 2) -> None:
