@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lora3d quick start.
 #   ./quickstart.sh          set up .venv, then open the wizard (a terminal) or run the built-in demo (no terminal)
-#   ./quickstart.sh test     set up .venv, then run the test suite (the command CI runs)
+#   ./quickstart.sh test     set up .venv, then run the test suite (the command CI runs; extra args go to pytest)
 #   ./quickstart.sh slow     set up .venv, then run only the slow tests (CI's second step)
 # A second run reuses .venv and skips installing when nothing changed.
 set -euo pipefail
@@ -34,10 +34,15 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
     "${PIP[@]}" "torch>=2.3,<2.14"
   else
     say "no NVIDIA driver: installing the CPU build of torch"
-    # A local CPU wheel (pip's find-links) first; else the PyTorch CPU index.
-    "${PIP[@]}" --no-index "torch==2.13.0+cpu" 2>/dev/null \
-      || "${PIP[@]}" "torch>=2.3,<2.14" --index-url https://download.pytorch.org/whl/cpu \
-      || die "could not install torch. Install a CPU build by hand: pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    # A CPU wheel pip already knows locally (find-links) first, its dependencies then from the usual
+    # index; otherwise the PyTorch CPU index.
+    if "${PIP[@]}" --no-index --no-deps "torch==2.13.0+cpu" 2>/dev/null; then
+      "${PIP[@]}" "torch==2.13.0+cpu"
+    else
+      "${PIP[@]}" --retries 2 --timeout 30 "torch>=2.3,<2.14" --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple \
+        || die "could not install torch. Install a CPU build by hand: pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    fi
   fi
 fi
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
@@ -69,11 +74,13 @@ PYCHECK
 case "$MODE" in
   test)
     say "running the test suite (slow tests excluded; ./quickstart.sh slow runs them)"
-    exec "$PY" -m pytest -m "not slow" -q -p no:cacheprovider
+    shift
+    exec "$PY" -m pytest -m "not slow" -q -p no:cacheprovider "$@"
     ;;
   slow)
     say "running the slow tests"
-    exec "$PY" -m pytest -m slow -q -p no:cacheprovider
+    shift
+    exec "$PY" -m pytest -m slow -q -p no:cacheprovider "$@"
     ;;
   run)
     if [ -t 0 ] && [ -t 1 ]; then
