@@ -156,3 +156,23 @@ def test_merged_export_loads_strictly_into_a_plain_model_and_matches(tmp_path, s
         expected, got, before = adapted(dict(batch)), plain(dict(batch)), base(dict(batch))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert (expected - before).abs().max() > 1e-3  # the adapter changed something worth merging
+
+
+def test_data_check_reports_synthetic_and_folder_data(tmp_path):
+    from engine.families.scenesplat.synthetic import write_synthetic_dataset
+
+    report = FAMILY.data_check(tiny_profile(tmp_path))
+    data = report.to_dict()
+    assert data["problems"] == [] and data["scenes"] == {"train": 2, "val": 1}
+    assert data["class_names"][0] == "floor" and "synthetic" in data["root"]
+    root = tmp_path / "scenes"
+    write_synthetic_dataset(root, num_train=1, num_val=1, num_points=200)
+    (root / "val" / "scene_0000" / "quat.npy").write_bytes(b"broken")
+    data = FAMILY.data_check(tiny_profile(tmp_path, data={"root": str(root)}, model={"num_classes": 6})).to_dict()
+    assert data["scenes"] == {"train": 1, "val": 1}
+    assert len(data["problems"]) == 1 and "quat.npy" in data["problems"][0][1]
+
+
+def test_memory_description_comes_from_the_planner_helper(tmp_path):
+    description = FAMILY.describe_memory(tiny_profile(tmp_path))
+    assert description.frozen_params > 0 and description.lora_params > 0
