@@ -122,7 +122,9 @@ def ensure_demo_base(quick: bool = False, console: Console | None = None) -> Pat
         return path
     if console is not None:
         console.print(f"pretraining the demo's tiny base on synthetic rooms A (cached at {path}) ...")
-    state = pretrain_base(settings, console)
+    # Pretraining must not move the caller's RNG (a run that finds the base cached must match one that built it).
+    with torch.random.fork_rng(devices=[]):
+        state = pretrain_base(settings, console)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
