@@ -66,6 +66,7 @@ def test_unknown_option_key_exits_2_with_a_suggestion(tmp_path, tiny_yaml):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_midi_command_line_maps_flags_onto_the_profile(tmp_path, tiny_yaml):
     root = tmp_path / "data" / "training_data"
     write_synthetic_dataset(root, num_train=2, num_val=1, num_points=500)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -35,6 +36,7 @@ def test_quick_demo_improves_miou_through_the_real_engine(tmp_path, monkeypatch)
     assert demo.ensure_demo_base(quick=True) == base
 
 
+@pytest.mark.slow
 def test_multitask_example_switches_adapters_on_one_base(tmp_path):
     spec = importlib.util.spec_from_file_location("scenesplat_multitask", REPO / "examples" / "scenesplat_multitask.py")
     module = importlib.util.module_from_spec(spec)

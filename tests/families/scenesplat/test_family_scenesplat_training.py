@@ -133,7 +133,7 @@ def test_resume_gives_the_same_adapter_as_a_straight_run(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".pth", pytest.param(".safetensors", marks=pytest.mark.slow)])
 def test_merged_export_loads_strictly_into_a_plain_model_and_matches(tmp_path, suffix):
     write_base_checkpoint(tmp_path / "base.pth")
     profile = tiny_profile(tmp_path, model={"pretrained": str(tmp_path / "base.pth")}, train={"max_steps": 2, "lr": 0.05})
