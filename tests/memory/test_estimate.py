@@ -72,7 +72,7 @@ def test_dit_full_size_matches_the_published_size():
 
 
 @pytest.mark.parametrize("lora", [{}, {"preset": "self_only", "r": 4},
-                                  {"target_modules": ["to_q"], "attention_kinds": ["cross"]}])
+                                  {"target_modules": ["to_q", "to_out.0"], "attention_kinds": ["cross"]}])
 def test_dit_lora_count_equals_the_injected_tiny_model(lora):
     from engine.families.midi.memory import describe_memory
     from engine.families.registry import get_family

@@ -179,14 +179,20 @@ def describe_memory(profile: Any) -> MemoryDescription:
     adapted = set(range(n)) if blocks is None else {b for b in blocks if 0 <= b < n}
     mi_blocks = set(resolve_mi_blocks(options.mi_blocks, n))
 
+    def targeted(kind: str) -> list[str]:
+        # NOTE: mirrors engine.families.midi.family._inject_dit_lora, which leaves out a MIDI model's
+        # CLIP cross-attention `to_q` (one key token: the query has no effect).
+        names = sorted(p for p in projections if p in ("to_q", "to_k", "to_v", "to_out.0"))
+        return [p for p in names if not (cross2 and kind == "cross" and p == "to_q")]
+
     def lora_shapes(kind: str) -> list[tuple[int, int]]:
         kv = {"self": w, "cross": d1, "cross2": d2}[kind]
         shapes = {"to_q": (w, w), "to_k": (kv, w), "to_v": (kv, w), "to_out.0": (w, w)}
-        return [shapes[p] for p in sorted(projections) if p in shapes]
+        return [shapes[p] for p in targeted(kind)]
 
     per_block_rank = sum(i + o for kind in kinds for i, o in lora_shapes(kind))
     # Only projections fed by the latent tokens carry per-token LoRA activations (cross K/V see conditions).
-    token_targets = [p for kind in kinds for p in projections if p in ("to_q", "to_out.0") or kind == "self"]
+    token_targets = [p for kind in kinds for p in targeted(kind) if p in ("to_q", "to_out.0") or kind == "self"]
     rank_elems = float(len(token_targets))
     dropout_elems = float(w * len(token_targets)) if dropout > 0 else 0.0
 
