@@ -82,6 +82,11 @@ def condition_kwargs(model: nn.Module, clip: torch.Tensor | None, dino: torch.Te
     return {"encoder_hidden_states": dino.to(dtype)}
 
 
+def _lora_untouched(model: nn.Module) -> bool:
+    """True while every LoRA B matrix is still zero (PEFT's initialisation): no optimizer step yet."""
+    return all(not bool(p.detach().any()) for n, p in unwrap(model).named_parameters() if "lora_B" in n)
+
+
 def _per_instance_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # (B*K,)
     return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
@@ -111,7 +116,13 @@ def flow_loss(
         sigma_scene = sample_logit_normal_sigmas(scenes, logit_mean, logit_std)
     sigma = sigma_scene.to(device).repeat_interleave(slots)
     # 3. CFG dropout: both conditions of a scene become zeros.
-    keep = (torch.rand(scenes) >= cfg_dropout).to(device).repeat_interleave(slots)
+    keep_scene = torch.rand(scenes) >= cfg_dropout
+    if not keep_scene.any() and _lora_untouched(model):
+        # A first step with every condition zeroed gives the cross-attention LoRAs no gradient, which the
+        # trainer's gradient-flow guard reports as a mis-targeted adapter. Keep them on that step only
+        # (no RNG draw changes, and a resumed run has trained B matrices, so resume stays exact).
+        keep_scene[:] = True
+    keep = keep_scene.to(device).repeat_interleave(slots)
     if clip is not None:
         clip = clip * keep[:, None, None].to(clip.dtype)
     dino = dino * keep[:, None, None].to(dino.dtype)

@@ -106,3 +106,14 @@ def test_merge_loads_strictly_into_a_plain_dit_and_matches_the_adapter(midi_env,
         before = base(x, t, c1, c2).sample
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(before, want, atol=1e-5)  # the adapter changed something
+
+
+def test_first_step_keeps_conditions_when_dropout_would_zero_them_all(midi_env, tmp_path):
+    # batch 1 and cfg_dropout 0.99: the first step would zero the only scene's conditions, leaving the
+    # cross-attention LoRAs without gradient; the step keeps them, later steps drop as drawn.
+    profile = midi_profile(midi_env, tmp_path, train={"max_steps": 3, "batch_size": 1}, model={"cfg_dropout": 0.99})
+    result = train(profile, install_signal_handlers=False)
+    assert result.status == "completed"
+    steps = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    dropped = [e["train/cfg_dropped"] for e in steps if e["type"] == "step"]
+    assert dropped[0] == 0.0 and dropped[1:] == [1.0, 1.0]
