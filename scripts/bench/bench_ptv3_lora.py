@@ -7,7 +7,8 @@ qkv/proj, every encoder stage) plus the trainable head, as the scenesplat family
 
 - time: every variant is built in ONE process from the same weights and timed round-robin (median of
   `--steps` after `--warmup`), so machine load hits all variants alike. Every call reseeds torch, so
-  drop-path and order shuffling draw the same values in every variant.
+  drop-path and order shuffling draw the same values in every variant. On CPU the ratios use the
+  process's CPU seconds (steady under other processes' load), on CUDA synchronised wall seconds.
 - memory: each training mode runs again in its own fresh process; the peak is CUDA
   max_memory_allocated or the process's peak RSS above the level after the model was built.
 - inference: base, LoRA unmerged (non-zero B, as after training) and merged (`merge_lora_weights`).
@@ -125,7 +126,8 @@ def _job_train_time(config: dict[str, Any]) -> dict[str, Any]:
     lora_step, lora_trainable = _train_step_fn(lora.to(device), batch, config["seed"])
     times = common.time_interleaved({"full": full_step, "lora": lora_step}, config["warmup"], config["steps"], device)
     total = sum(p.numel() for p in full.parameters())
-    return {"points": int(batch["coord"].shape[0]), "times": times, "total_params": total,
+    return {"points": int(batch["coord"].shape[0]), "times": times, "clock": common.timing_key(device),
+            "total_params": total,
             "trainable": {"full": full_trainable, "lora": lora_trainable}}
 
 
@@ -172,7 +174,7 @@ def _job_infer(config: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         diff = (forward(merged)() - forward(unmerged)()).abs().max().item()
         lora_effect = (forward(unmerged)() - forward(base)()).abs().max().item()
-    return {"times": times, "merged_vs_unmerged_max_abs": diff, "lora_vs_base_max_abs": lora_effect}
+    return {"times": times, "clock": common.timing_key(device), "merged_vs_unmerged_max_abs": diff, "lora_vs_base_max_abs": lora_effect}
 
 
 def _job_profile(config: dict[str, Any]) -> dict[str, Any]:
@@ -262,8 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         mode: common.run_child(script, f"train_memory:{mode}", config) for mode in ("full", "lora")
     }
 
-    def median(result: dict[str, Any], name: str) -> float | None:
-        return result["times"][name]["median_s"] if "times" in result else None
+    def median(result: dict[str, Any], name: str, clock: str | None = None) -> float | None:
+        """The median the ratios use: CPU seconds on CPU, wall seconds on CUDA (`common.timing_key`)."""
+        return result["times"][name][clock or result["clock"]] if "times" in result else None
 
     rows = [
         common.goal_row("train step time, LoRA / full", common.ratio(median(train, "lora"), median(train, "full")),
@@ -283,10 +286,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if "times" in train:
         print(f"points {train['points']}, params {train['total_params']:,}, trainable full "
               f"{train['trainable']['full']:,} / LoRA {train['trainable']['lora']:,}")
-        print(f"train step s (median): full {median(train, 'full'):.3f}, LoRA {median(train, 'lora'):.3f}")
+        print(f"train step s (median {train['clock']}): full {median(train, 'full'):.3f}, LoRA {median(train, 'lora'):.3f}"
+              f" (wall: full {median(train, 'full', 'median_s'):.3f}, LoRA {median(train, 'lora', 'median_s'):.3f})")
     if "times" in infer:
-        print(f"forward s (median): base {median(infer, 'base'):.3f}, unmerged {median(infer, 'unmerged'):.3f}, "
-              f"merged {median(infer, 'merged'):.3f}; max |merged - unmerged| = "
+        print(f"forward s (median {infer['clock']}): base {median(infer, 'base'):.3f}, unmerged "
+              f"{median(infer, 'unmerged'):.3f}, merged {median(infer, 'merged'):.3f} (wall: base "
+              f"{median(infer, 'base', 'median_s'):.3f}, unmerged {median(infer, 'unmerged', 'median_s'):.3f}, merged "
+              f"{median(infer, 'merged', 'median_s'):.3f}); max |merged - unmerged| = "
               f"{infer['merged_vs_unmerged_max_abs']:.2e} (LoRA changes outputs by {infer['lora_vs_base_max_abs']:.2e})")
     for mode, result in memory.items():
         if "memory" in result:

@@ -7,7 +7,9 @@ per step: forward, loss, backward, gradient clipping, AdamW step. The Trainer ad
 LR schedule, a step event with memory read-out in events.jsonl, STOP/SAVE file checks). A Trainer
 step is the time between consecutive `after_step` hook calls; setup and the final checkpoint and
 adapter save are not counted. Rounds alternate (bare, trainer, bare, trainer, ...) in one process, so
-changing machine load hits both alike; the first step of every round is a warm-up.
+changing machine load hits both alike; the first step of every round is a warm-up. The ratio uses this
+process's CPU seconds (both sides run here, without DataLoader workers), which barely move with other
+processes' load; wall seconds are printed too.
 
     python scripts/bench/bench_train_step.py --quick
     python scripts/bench/bench_train_step.py --points 20000 --steps 10 --rounds 3 --json-out train_step.json
@@ -16,7 +18,6 @@ changing machine load hits both alike; the first step of every round is a warm-u
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ def _profile(points: int, steps: int, rooms: int, run_dir: Path) -> Any:
     })
 
 
-def _bare_round(profile: Any) -> list[float]:
+def _bare_round(profile: Any) -> tuple[list[float], list[float]]:
     """Step times of a plain loop: the family's model, data and loss, nothing else."""
     import torch
 
@@ -61,9 +62,9 @@ def _bare_round(profile: Any) -> list[float]:
     optimizer = torch.optim.AdamW(params, lr=profile.train.lr, weight_decay=profile.train.weight_decay)
     perm = batching.epoch_permutation(len(train_ds), profile.train.seed, 0)
     b = profile.train.batch_size
-    times = []
+    times, cpu = [], []
     for step in range(profile.train.max_steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         start = (step * b) % len(perm)
         batch = family.collate([train_ds[i] for i in perm[start : start + b]])
         loss = family.training_step(model, batch, profile).loss
@@ -72,19 +73,21 @@ def _bare_round(profile: Any) -> list[float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return times[1:]
+        cpu.append(time.process_time() - c0)
+    return times[1:], cpu[1:]
 
 
-def _trainer_round(profile: Any) -> list[float]:
+def _trainer_round(profile: Any) -> tuple[list[float], list[float]]:
     """Step times of the engine Trainer: intervals between consecutive `after_step` calls."""
     from engine.train.trainer import Trainer, TrainerHooks
 
-    stamps: list[float] = []
-    hooks = TrainerHooks(after_step=lambda _trainer: stamps.append(time.perf_counter()))
+    stamps: list[tuple[float, float]] = []
+    hooks = TrainerHooks(after_step=lambda _trainer: stamps.append((time.perf_counter(), time.process_time())))
     result = Trainer(profile, hooks=hooks, install_signal_handlers=False).run()
     if result.status != "completed":
         raise RuntimeError(f"trainer round ended {result.status}")
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    pairs = list(zip(stamps, stamps[1:], strict=False))
+    return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -111,18 +114,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{steps} steps x {rounds} rounds")
     print(f"machine: {common.format_machine(machine)}")
 
-    bare: list[float] = []
-    trainer: list[float] = []
+    wall: dict[str, list[float]] = {"bare": [], "trainer": []}
+    cpu: dict[str, list[float]] = {"bare": [], "trainer": []}
     with tempfile.TemporaryDirectory(prefix="lora3d-bench-trainer-") as tmp:
         for r in range(rounds):
-            bare += _bare_round(_profile(points, steps, rooms, Path(tmp) / f"bare-{r}"))
-            trainer += _trainer_round(_profile(points, steps, rooms, Path(tmp) / f"run-{r}"))
+            for name, run in (("bare", _bare_round), ("trainer", _trainer_round)):
+                w, c = run(_profile(points, steps, rooms, Path(tmp) / f"{name}-{r}"))
+                wall[name] += w
+                cpu[name] += c
 
-    times = {"bare": common.summarize(bare), "trainer": common.summarize(trainer)}
-    value = common.ratio(statistics.median(trainer), statistics.median(bare))
+    times = {name: common.summarize(wall[name], cpu[name]) for name in wall}
+    # Both sides run in this process (no DataLoader workers): CPU seconds are steady under other load.
+    value = common.ratio(times["trainer"]["cpu_median_s"], times["bare"]["cpu_median_s"])
     rows = [common.goal_row("train step time, engine Trainer / bare loop", value, GOAL_TRAINER_OVER_BARE)]
-    print(f"step s (median): bare {times['bare']['median_s']:.4f}, trainer {times['trainer']['median_s']:.4f}; "
-          f"overhead {1e3 * (times['trainer']['median_s'] - times['bare']['median_s']):+.1f} ms per step")
+    print(f"step CPU s (median): bare {times['bare']['cpu_median_s']:.4f}, trainer {times['trainer']['cpu_median_s']:.4f}"
+          f" (overhead {1e3 * (times['trainer']['cpu_median_s'] - times['bare']['cpu_median_s']):+.1f} ms); wall: bare "
+          f"{times['bare']['median_s']:.4f}, trainer {times['trainer']['median_s']:.4f}")
     common.print_rows(rows)
     payload = {"bench": "train_step", "machine": machine,
                "config": {"points": points, "steps": steps, "rounds": rounds, "threads": args.threads},

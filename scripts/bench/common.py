@@ -82,6 +82,10 @@ def format_machine(machine: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ timing
+def _is_cuda(device: Any) -> bool:
+    return getattr(device, "type", str(device)) == "cuda"
+
+
 def sync(device: Any = None) -> None:
     """Waits for queued CUDA work, so a timer reads the work's end and not its launch."""
     import torch
@@ -90,23 +94,27 @@ def sync(device: Any = None) -> None:
         torch.cuda.synchronize()
 
 
-def summarize(times_s: Sequence[float]) -> dict[str, float]:
-    """Median, min and max of a list of seconds, with the count."""
-    return {"median_s": statistics.median(times_s), "min_s": min(times_s), "max_s": max(times_s), "n": len(times_s)}
+def summarize(times_s: Sequence[float], cpu_s: Sequence[float] | None = None) -> dict[str, float]:
+    """Median, min and max of wall seconds, with the count and (when given) the median CPU seconds."""
+    out = {"median_s": statistics.median(times_s), "min_s": min(times_s), "max_s": max(times_s), "n": len(times_s)}
+    if cpu_s:
+        out["cpu_median_s"] = statistics.median(cpu_s)
+    return out
+
+
+def timing_key(device: Any) -> str:
+    """Which median a ratio uses: CPU seconds of this process on CPU, wall seconds on CUDA.
+
+    On a shared CPU, wall time counts the time other processes held the core; the process's own CPU
+    time (`time.process_time`, all its threads) barely moves with load. It misses work done in other
+    processes, so measurements with worker processes use wall time (`median_s`) instead.
+    """
+    return "median_s" if _is_cuda(device) else "cpu_median_s"
 
 
 def time_calls(fn: Callable[[], object], warmup: int = 1, repeat: int = 5, device: Any = None) -> dict[str, float]:
     """Times `fn` `repeat` times after `warmup` untimed calls; see `summarize`."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return summarize(times)
+    return time_interleaved({"fn": fn}, warmup, repeat, device)["fn"]
 
 
 def time_interleaved(
@@ -114,21 +122,24 @@ def time_interleaved(
 ) -> dict[str, dict[str, float]]:
     """Times several variants round-robin (a, b, c, a, b, c, ...), so changing machine load hits all alike.
 
-    The starting variant rotates every round, so none always runs right after the same one.
+    The starting variant rotates every round, so none always runs right after the same one. Each
+    variant's wall and CPU seconds are summarised (`summarize`).
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     sync(device)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeat):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: summarize(t) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: summarize(wall[name], cpu[name]) for name in names}
 
 
 # ------------------------------------------------------------------------------ memory
@@ -136,10 +147,6 @@ def _rss_bytes() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
-
-
-def _is_cuda(device: Any) -> bool:
-    return getattr(device, "type", str(device)) == "cuda"
 
 
 class PeakMemory:
