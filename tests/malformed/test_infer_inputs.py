@@ -42,7 +42,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "over", "file", "words"), CASES, ids=[c[0] if isinstance(c, tuple) else c.values[0] for c in CASES])
+@pytest.mark.parametrize(("case", "over", "file", "words"), CASES, ids=[getattr(c, "values", c)[0] for c in CASES])
 def test_malformed_infer_input(inputs, tmp_path, capsys, case, over, file, words):
     (inputs / "seg_empty.txt").write_text("not an image")
     names = {"pipe": "pipe", "rgb": "rgb.png", "seg": "seg.png", **over}
