@@ -36,6 +36,7 @@ from engine.families.midi.scene_data import PreparedScene, list_prepared_scenes,
 
 __all__ = [
     "MidiDataReport",
+    "SceneRef",
     "MidiSceneDataset",
     "choose_instances",
     "collate_scenes",
@@ -81,6 +82,16 @@ def split_scene_folders(root: Path, train_split: str, val_split: str | None, val
     return scenes[: len(scenes) - num_val], scenes[len(scenes) - num_val :]
 
 
+@dataclass
+class SceneRef:
+    """What a cached sample needs of a prepared scene: its folder and manifest, not its arrays."""
+
+    name: str
+    folder: Path
+    manifest: dict
+    num_instances: int
+
+
 class MidiSceneDataset(torch.utils.data.Dataset):
     """Prepared scenes as training samples in MIDI's layout.
 
@@ -115,7 +126,12 @@ class MidiSceneDataset(torch.utils.data.Dataset):
         self.num_samples = num_samples
         self.keep_gt = keep_gt
         self.skipped: list[str] = []
-        self.scenes: list[PreparedScene] = []
+        self.scenes: list[SceneRef] = []
+        self.posteriors: PosteriorCache | None = None
+        self.conditions: ConditionCache | None = None
+        if cache_dir is not None and frozen is not None:
+            self.posteriors = PosteriorCache(cache_dir, frozen.vae, num_tokens, num_samples)
+            self.conditions = ConditionCache(cache_dir, frozen)
         for folder in folders:
             try:
                 scene = load_prepared_scene(folder)
@@ -129,22 +145,11 @@ class MidiSceneDataset(torch.utils.data.Dataset):
                     raise
                 self.skipped.append(str(exc))
                 continue
-            self.scenes.append(scene)
-        self.posteriors: PosteriorCache | None = None
-        self.conditions: ConditionCache | None = None
-        if cache_dir is not None and frozen is not None:
-            self.posteriors = PosteriorCache(cache_dir, frozen.vae, num_tokens, num_samples)
-            self.conditions = ConditionCache(cache_dir, frozen)
-            self.fill_cache()
-
-    def fill_cache(self) -> int:
-        """Encodes every instance and scene without a cache entry; returns the number of VAE encodings."""
-        assert self.posteriors is not None and self.conditions is not None
-        encoded = 0
-        for scene in self.scenes:
-            encoded += self.posteriors.fill(scene)
-            self.conditions.fill(scene)
-        return encoded
+            if self.posteriors is not None and self.conditions is not None:
+                self.posteriors.fill(scene)
+                self.conditions.fill(scene)
+            # Only the manifest stays in memory; the arrays are read again when a sample needs them.
+            self.scenes.append(SceneRef(scene.name, scene.folder, scene.manifest, scene.num_instances))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -153,8 +158,11 @@ class MidiSceneDataset(torch.utils.data.Dataset):
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        scene = self.scenes[index]
-        chosen, real = choose_instances(scene.num_instances, self.slots, self.seed, self.epoch, index)
+        ref = self.scenes[index]
+        chosen, real = choose_instances(ref.num_instances, self.slots, self.seed, self.epoch, index)
+        scene: SceneRef | PreparedScene = ref
+        if self.posteriors is None or self.keep_gt:
+            scene = load_prepared_scene(ref.folder)
         sample: dict[str, Any] = {"num_instances": real, "scene": scene.name}
         if self.posteriors is not None and self.conditions is not None:
             sample["latent_mean"], sample["latent_logvar"] = self.posteriors.load(scene, chosen)

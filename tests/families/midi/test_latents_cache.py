@@ -92,7 +92,7 @@ def test_cached_sample_equals_on_the_fly_sample_with_the_same_eps(midi_env, tmp_
     family = MidiFamily()
     frozen = family.load_frozen(profile)
     dataset = _dataset(family, profile, midi_env["train"][:1])
-    scene = dataset.scenes[0]
+    scene = load_prepared_scene(dataset.scenes[0].folder)
     mean, logvar = dataset.posteriors.load(scene, list(range(scene.num_instances)))
     surfaces = scene_surfaces(scene, None)
     torch.manual_seed(5)
