@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     def profile_cmd(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("profile", help="profile YAML file")
-        p.add_argument("--set", "--options", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="dotted overrides, e.g. lora.r=8 train.lr=2e-4")
+        p.add_argument("--set", "--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. lora.r=8 train.lr=2e-4 (repeatable)")
         return p
 
     p = profile_cmd("train", "train a LoRA adapter from a profile")

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scenesplat = parser.add_argument_group("SceneSplat / Pointcept command line")
     scenesplat.add_argument("--config-file", "--config_file", dest="config_file", help="profile YAML (Pointcept's config)")
-    scenesplat.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+    scenesplat.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                             help="profile overrides, e.g. save_path=exp_runs/x lora.r=8 lora.preset=minimal")
     scenesplat.add_argument("--num-gpus", "--num_gpus", dest="num_gpus", type=int,
                             help="processes on this machine (sets launch.num_processes; use `accelerate launch`)")

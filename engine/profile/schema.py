@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -77,6 +77,12 @@ class TrainSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     oom_recovery: bool = Field(default=True, description="Halve the micro-batch and double accumulation on OOM.")
     loss_spike_factor: float = Field(default=10.0, gt=1.0, description="Warn when loss exceeds this x its average.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `no` as false; `mixed_precision: no` must mean "no".
+        return "no" if value is False else value
 
 
 class OutputSection(Section):

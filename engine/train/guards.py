@@ -19,9 +19,14 @@ class DivergenceError(Lora3dError):
 
 
 def _owner(name: str) -> str:
-    """The adapted module a parameter belongs to: `a.b.lora_A.default.weight` -> `a.b`."""
+    """The adapted module a parameter belongs to: `a.b.lora_A.default.weight` -> `a.b`,
+    `lora3d_prompt.enc3.qkv.down.weight` -> `lora3d_prompt.enc3.qkv`."""
     if ".lora_" in name:
         return name.split(".lora_")[0]
+    if "lora3d_prompt" in name:
+        # A prompt MLP (`...<role>.down|up.weight`) is one adapter like LoRA's A/B pair: `up` starts at zero,
+        # so `down` gets no gradient on the first step.
+        return name.rsplit(".", 2)[0]
     return name.rsplit(".", 1)[0]
 
 

@@ -193,7 +193,9 @@ class Trainer:
         from accelerate.utils import set_seed
 
         set_seed(profile.train.seed)
+        self.events_emit("info", message=f"building the {profile.model.family} model and loading its base weights")
         self.model = self._setup_model()
+        self.events_emit("info", message="loading data")
         self.train_ds, self.val_ds = self._setup_data()
 
         self.state = TrainState(

@@ -134,3 +134,20 @@ def test_every_schema_key_is_documented():
                          ("launch", schema.LaunchSection), ("hardware", schema.HardwareSection)]:
         for key in cls.model_fields:
             assert f"`{section}.{key}`" in doc, f"{section}.{key} missing from docs/profiles.md"
+
+
+def test_unquoted_no_is_mixed_precision_no(tmp_path, write_profile):
+    data = toy_profile_dict(tmp_path)
+    path = write_profile(data)
+    profile = load_profile(path, ["train.mixed_precision=no"])
+    assert profile.train.mixed_precision == "no"
+    text = path.read_text().replace("train:\n", "train:\n  mixed_precision: no\n", 1)
+    path.write_text(text)
+    assert load_profile(path).train.mixed_precision == "no"
+
+
+def test_repeated_set_flags_accumulate(tmp_path, write_profile):
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["validate", "p.yaml", "--set", "lora.r=8", "--set", "train.lr=1e-3"])
+    assert args.set == ["lora.r=8", "train.lr=1e-3"]

@@ -240,3 +240,24 @@ def test_checkpoint_manifest_and_no_pickles(tmp_path):
     assert info["format"] == "lora3d-checkpoint/1" and info["state"]["step"] == 2
     for f in (tmp_path / "run").rglob("*"):
         assert f.suffix not in (".pt", ".pth", ".pkl", ".bin"), f
+
+
+def test_gradient_guard_groups_adapter_pairs():
+    from torch import nn
+
+    from engine.train.guards import modules_without_gradient
+
+    class Prompt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down, self.up = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    model = nn.Module()
+    model.lora3d_prompt = nn.ModuleDict({"enc3": nn.ModuleDict({"qkv": Prompt()})})
+    prompt = model.lora3d_prompt["enc3"]["qkv"]
+    for p in prompt.parameters():
+        p.grad = torch.zeros_like(p)
+    prompt.up.weight.grad += 1.0  # zero-initialised `up` gets the gradient first, `down` none: still alive
+    assert modules_without_gradient(model) == []
+    prompt.up.weight.grad.zero_()
+    assert modules_without_gradient(model) == ["lora3d_prompt.enc3.qkv"]
