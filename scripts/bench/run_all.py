@@ -93,7 +93,7 @@ BENCHES = [
           smoke=["--quick", "--threads", "1", "--steps", "1", "--warmup", "1"], rows=_dit_rows),
     Bench("midi_latent_cache", "bench_midi_latent_cache.py", "--json", smoke=["--quick"], rows=_latent_cache_rows),
     Bench("memory_calibration", "bench_memory_calibration.py", None, smoke=["--quick"]),
-    Bench("dashboard_overhead", "bench_dashboard_overhead.py", None, smoke=["--quick", "--steps", "4"]),
+    Bench("dashboard_overhead", "bench_dashboard_overhead.py", None, smoke=["--quick"]),
 ]
 
 
