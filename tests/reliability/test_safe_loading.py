@@ -173,12 +173,13 @@ def test_toy_run_writes_no_pickles(tmp_path):
 @pytest.mark.slow
 def test_scenesplat_run_writes_no_pickles(tmp_path):
     import importlib.util
+    import sys
 
     from tests.conftest import REPO
 
     spec = importlib.util.spec_from_file_location("crash_soak", REPO / "scripts" / "soak" / "crash_soak.py")
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
+    soak = sys.modules.setdefault("crash_soak", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(soak)  # registered first: its dataclasses look their module up
     data = soak.scenesplat_profile(tmp_path / "run", max_steps=2)
     data["output"]["tensorboard"] = True
     train(validate_profile(data))
