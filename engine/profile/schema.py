@@ -9,15 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SCHEMA_VERSION = 1
+
+
+_NUMBER_TYPES = (int, float, int | None, float | None)
 
 
 class Section(BaseModel):
     """A profile section: unknown keys are errors, assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic would read `r: true` as 1; a boolean where a number belongs is always a mistake.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in _NUMBER_TYPES:
+            raise ValueError(f"must be a number, got {value!r}. Write the number itself")
+        return value
 
 
 class ModelSection(Section):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.errors import CheckpointError
+
 EVENT_TYPES = ("start", "step", "eval", "checkpoint", "warning", "error", "end", "oom", "info")
 END_STATUSES = ("completed", "stopped", "failed")
 
@@ -49,18 +51,29 @@ class EventLog:
         assert type in EVENT_TYPES, type
         event = {"type": type, "time": time.time(), **_clean(fields)}
         if self._file is not None:
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+                self._file.flush()
+            except OSError as exc:
+                self._file = None  # stop writing: a further attempt would fail the same way
+                raise CheckpointError(
+                    f"{self.path}: the event log could not be written ({exc.strerror or exc}). Free disk space, "
+                    "then continue with --resume from the newest checkpoint."
+                ) from None
         for listener in self.listeners:
             listener(event)
         return event
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError:
+                pass  # already reported by emit, or nothing left to lose
+            finally:
+                self._file.close()
+                self._file = None
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -131,6 +131,11 @@ class Trainer:
         return accelerator
 
     def _setup_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ProfileError(
+                f"{self.run_dir}: `output.dir` names an existing file, not a folder. Choose another run directory "
+                "(`--out NEW_DIR`); the file was left untouched."
+            )
         ckpt_root = self.run_dir / "checkpoints"
         existing = list_checkpoints(ckpt_root)
         if existing and not self.resume:
@@ -275,7 +280,7 @@ class Trainer:
         return self.state.micro_batch * self.state.grad_accum * self.num_processes
 
     def events_emit(self, type: str, **fields: Any) -> None:
-        if self.events is not None and self.is_main:
+        if self.events is not None and getattr(self, "is_main", True):
             self.events.emit(type, **fields)
 
     def _start_event(self, resumed_from: str | None) -> None:

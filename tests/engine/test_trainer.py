@@ -49,7 +49,8 @@ def test_run_writes_run_directory(tmp_path):
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4", "step-6"]
     events = read_events(run / "events.jsonl")
     types = [e["type"] for e in events]
-    assert types[0] == "start" and types[-1] == "end" and events[-1]["status"] == "completed"
+    assert types[-1] == "end" and events[-1]["status"] == "completed"
+    assert set(types[: types.index("start")]) == {"info"}  # only progress notes precede the start event
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "lr", "time", "memory_bytes"} <= set(e) for e in steps)

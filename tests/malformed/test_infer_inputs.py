@@ -34,10 +34,7 @@ CASES = [
     ("seg-no-instances", {"seg": "seg_empty.png"}, "seg_empty.png", "no instances"),
     ("missing-model-folder", {"pipe": "nope"}, "nope", "model folder not found"),
     ("adapter-wrong-suffix", {"lora": "rgb.png"}, "rgb.png", "unknown adapter format"),
-    pytest.param("adapter-corrupt", {"lora": "adapter.safetensors"}, "adapter.safetensors", "safetensors",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: engine/families/midi/inference.py "
-                                         "_is_merged_transformer calls safe_open unguarded; a corrupt --lora_path "
-                                         ".safetensors escapes as SafetensorError with a traceback")),
+    ("adapter-corrupt", {"lora": "adapter.safetensors"}, "adapter.safetensors", "safetensors"),
     ("adapter-missing", {"lora": "no_adapter"}, "no_adapter", "not found"),
 ]
 

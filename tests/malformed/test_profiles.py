@@ -85,8 +85,6 @@ def test_bad_profile_leaves_an_existing_run_untouched(tmp_path, capsys):
     assert folder_digest(tmp_path / "run") == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PyYAML's safe_load keeps the last of duplicate keys; a second "
-                   "`train:` section silently replaces the first (engine/profile/load.py read_yaml)")
 def test_duplicate_section_is_reported(tmp_path, capsys):
     path = tmp_path / "dup.yaml"
     path.write_text(_base(tmp_path) + "train:\n  lr: 0.1\n")
@@ -94,8 +92,6 @@ def test_duplicate_section_is_reported(tmp_path, capsys):
     assert_one_message(code, err, (str(path), "train"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `lora.r: true` validates as r=1 (pydantic lax bool->int); "
-                   "engine/profile/schema.py should use strict ints for counts")
 def test_boolean_for_an_integer_is_refused(tmp_path, capsys):
     path = tmp_path / "bool.yaml"
     path.write_text(_base(tmp_path).replace("r: 4", "r: true"))
@@ -103,8 +99,6 @@ def test_boolean_for_an_integer_is_refused(tmp_path, capsys):
     assert_one_message(code, err, (str(path), "`lora.r`"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `output.dir` naming an existing file: Trainer._setup_run_dir's "
-                   "mkdir raises FileExistsError, the CLI prints a traceback (engine/train/trainer.py)")
 def test_output_dir_is_a_file(tmp_path, capsys):
     target = tmp_path / "afile"
     target.write_text("precious")

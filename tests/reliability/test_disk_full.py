@@ -159,8 +159,6 @@ class _FullDiskFile:
         return getattr(self._real, name)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/train/events.py EventLog.emit lets OSError(ENOSPC) escape; "
-                   "Trainer.run's handler emits again and the CLI prints a traceback, exit 1")
 def test_enospc_in_events_log_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
     from engine.train import events as events_mod
 

@@ -123,8 +123,14 @@ def _is_merged_transformer(path: Path) -> bool:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())  # safe_open handles are not iterable
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                names = list(handle.keys())  # safe_open handles are not iterable
+        except Exception as exc:  # SafetensorError and OSError: a truncated or foreign file
+            raise CheckpointError(
+                f"{path}: not a readable .safetensors file ({exc}). Pass the run's `adapter/` folder or a file "
+                "written by `lora3d merge`."
+            ) from None
         return not any("lora_" in key for key in names)
     return False
 
