@@ -49,6 +49,34 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+class _StepStream:
+    """This process's micro-batches from one step to the end of an epoch, through ONE DataLoader.
+
+    One loader per epoch (not per step) lets `data.num_workers` prefetch across steps; the trainer drops the
+    stream and builds a new one when the epoch or the micro-batch changes (OOM recovery) or on resume.
+    """
+
+    def __init__(self, trainer: Trainer, step_in_epoch: int) -> None:
+        state = trainer.state
+        self.key = (state.epoch, state.micro_batch, state.grad_accum)
+        self.next_step = step_in_epoch
+        if hasattr(trainer.train_ds, "set_epoch"):
+            trainer.train_ds.set_epoch(state.epoch)
+        perm = batching.epoch_permutation(len(trainer.train_ds), trainer.profile.train.seed, state.epoch)
+        self.schedule = [
+            batching.step_micro_batches(perm, s, state.micro_batch, state.grad_accum, trainer.num_processes,
+                                        trainer.process_index)
+            for s in range(step_in_epoch, trainer.steps_per_epoch)
+        ]
+        self._batches = iter(trainer._loader([mb for step in self.schedule for mb in step], trainer.train_ds))
+
+    def take(self) -> tuple[list[list[int]], Any]:
+        """The next step's micro-batch indices and a lazy iterator over their collated batches."""
+        micro_batches = self.schedule.pop(0)
+        self.next_step += 1
+        return micro_batches, (next(self._batches) for _ in micro_batches)
+
+
 @dataclass
 class TrainerHooks:
     """Test and tooling seams; each is called with the trainer and returns nothing."""
@@ -219,6 +247,8 @@ class Trainer:
         self.identity = model_identity(self.model, profile, self.train_ds)
         resumed_from = self._maybe_resume()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._stream: _StepStream | None = None
         if profile.output.tensorboard:
             self.accelerator.init_trackers(
                 "tb",
@@ -347,14 +377,13 @@ class Trainer:
             flags = self.accelerator.reduce(flags, reduction="sum")
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
-    def _run_micro_batches(self, micro_batches: list[list[int]]) -> tuple[float, int, int, dict[str, float]]:
+    def _run_micro_batches(self, micro_batches: list[list[int]], loader: Any) -> tuple[float, int, int, dict[str, float]]:
         """Forward and backward over one step's micro-batches; returns (mean loss, samples, tokens, metrics)."""
         model = self.model
         n = len(micro_batches)
         loss_sum = torch.zeros((), device=self.accelerator.device)
         samples = tokens = 0
         metrics: dict[str, float] = {}
-        loader = self._loader(micro_batches, self.train_ds)
         for i, batch in enumerate(loader):
             if self.hooks.before_micro_batch is not None:
                 self.hooks.before_micro_batch(self, micro_batches[i])
@@ -406,23 +435,22 @@ class Trainer:
     def _one_step(self) -> float:
         """Runs one optimizer step, retrying with a halved micro-batch on out-of-memory."""
         state = self.state
-        for ds in (self.train_ds,):
-            if hasattr(ds, "set_epoch"):
-                ds.set_epoch(state.epoch)
-        perm = batching.epoch_permutation(len(self.train_ds), self.profile.train.seed, state.epoch)
         step_in_epoch = state.epoch_sample // self.samples_per_step
         rng_at_start = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         while True:
-            micro = batching.step_micro_batches(
-                perm, step_in_epoch, state.micro_batch, state.grad_accum, self.num_processes, self.process_index
-            )
+            stream = self._stream
+            if stream is None or stream.key != (state.epoch, state.micro_batch, state.grad_accum) \
+                    or stream.next_step != step_in_epoch:
+                stream = self._stream = _StepStream(self, step_in_epoch)
+            micro, batches = stream.take()
             t0 = time.perf_counter()
             try:
-                loss, samples, tokens, metrics = self._run_micro_batches(micro)
+                loss, samples, tokens, metrics = self._run_micro_batches(micro, batches)
                 break
             except Exception as exc:
                 if not (is_oom(exc) and self.profile.train.oom_recovery):
                     raise
+                self._stream = None  # this step's samples are fetched again at the smaller micro-batch
                 self.optimizer.zero_grad(set_to_none=True)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -438,9 +466,7 @@ class Trainer:
             check_gradient_flow(self.accelerator.unwrap_model(self.model))
         grad_norm = None
         if self.profile.train.max_grad_norm is not None:
-            grad_norm = float(self.accelerator.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.profile.train.max_grad_norm
-            ))
+            grad_norm = float(self.accelerator.clip_grad_norm_(self._trainable, self.profile.train.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used, before the schedule advances
         self.optimizer.step()
         self.scheduler.step()

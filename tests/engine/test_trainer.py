@@ -262,3 +262,11 @@ def test_gradient_guard_groups_adapter_pairs():
     assert modules_without_gradient(model) == []
     prompt.up.weight.grad.zero_()
     assert modules_without_gradient(model) == ["lora3d_prompt.enc3.qkv"]
+
+
+def test_loader_workers_give_the_same_run(tmp_path):
+    inline = train(_profile(tmp_path, "inline", train={"max_steps": 10, "checkpoint_every": None}))
+    workers = train(_profile(tmp_path, "workers", train={"max_steps": 10, "checkpoint_every": None},
+                             data={"num_workers": 2}))
+    assert workers.losses == pytest.approx(inline.losses, abs=1e-7)  # 10 steps cross an epoch boundary
+    _assert_same_weights(_lora_weights(tmp_path / "inline"), _lora_weights(tmp_path / "workers"))
