@@ -473,6 +473,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
 
+        step_epoch = state.epoch  # the epoch this step's samples came from (0-based)
         state.step += 1
         state.epoch_sample += self.samples_per_step
         if state.epoch_sample + self.samples_per_step > len(self.train_ds):
@@ -486,7 +487,7 @@ class Trainer:
                 "step",
                 step=state.step,
                 total_steps=self.total_steps,
-                epoch=state.epoch,
+                epoch=step_epoch,
                 loss=loss,
                 lr=lr,
                 grad_norm=grad_norm,
