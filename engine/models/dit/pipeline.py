@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,20 @@ def _check_keys(model: nn.Module, path: Path, variant: str | None) -> None:
         )
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hides transformers' per-model "Loading weights" / "Writing model shards" bars, restoring the setting after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_diffusers_model(cls: type, path: Path, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
     variant = _weight_variant(path)
     try:
@@ -218,8 +234,9 @@ def load_pipeline(
     transformer = _load_diffusers_model(TripoSGDiTModel, root / "transformer", dtype, device)
     vae = _load_diffusers_model(TripoSGVAEModel, root / "vae", dtype, device)
     # 3. Image encoders and their pre-processing.
-    clip = load_clip_image_encoder(root / layout["clip"], dtype, device) if layout["clip"] else None
-    dino = load_dinov2_image_encoder(root / layout["dino"], dtype, device)
+    with _quiet_transformers():
+        clip = load_clip_image_encoder(root / layout["clip"], dtype, device) if layout["clip"] else None
+        dino = load_dinov2_image_encoder(root / layout["dino"], dtype, device)
     if kind == "midi":
         want = dino_channels or 7
         if dino.config.num_channels < want:
@@ -297,7 +314,8 @@ def build_tiny_pipeline(
     nn.Module.to(dit, dtype).save_pretrained(root / "transformer")
     nn.Module.to(vae, dtype).save_pretrained(root / "vae")
     RectifiedFlowScheduler().save_pretrained(root / "scheduler")
-    dino.to(dtype).save_pretrained(root / layout["dino"])
+    with _quiet_transformers():
+        dino.to(dtype).save_pretrained(root / layout["dino"])
     BitImageProcessor(image_mean=list(DINOV2_DEFAULTS.image_mean), image_std=list(DINOV2_DEFAULTS.image_std),
                       **processor_kwargs).save_pretrained(root / layout["dino_processor"])
     index: dict[str, Any] = {
@@ -310,7 +328,8 @@ def build_tiny_pipeline(
         layout["dino_processor"]: ["transformers", "BitImageProcessor"],
     }
     if clip is not None:
-        clip.to(dtype).save_pretrained(root / layout["clip"])
+        with _quiet_transformers():
+            clip.to(dtype).save_pretrained(root / layout["clip"])
         CLIPImageProcessor(**processor_kwargs).save_pretrained(root / layout["clip_processor"])
         index[layout["clip"]] = ["transformers", "CLIPVisionModelWithProjection"]
         index[layout["clip_processor"]] = ["transformers", "CLIPImageProcessor"]
