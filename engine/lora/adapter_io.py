@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
+from engine.atomic import atomic_file, atomic_folder
 from engine.errors import CheckpointError
 from engine.lora.adapter_formats import (
     CONFIG_NAME,
@@ -138,32 +137,14 @@ def save_lora_checkpoint(
     config_json = config_to_json(model.peft_config[adapter_name])
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json,
-                                              LORA3D_METADATA_KEY: meta_json})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json,
+                                                   LORA3D_METADATA_KEY: meta_json})
         return path
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp_dir:
         save_file(tensors, tmp_dir / WEIGHTS_NAME, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json})
         (tmp_dir / CONFIG_NAME).write_text(config_json)
         (tmp_dir / METADATA_NAME).write_text(meta_json)
-        if path.exists():
-            # A directory cannot be replaced in one rename: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "adapter")
-            os.replace(tmp_dir, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, path)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 

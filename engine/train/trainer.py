@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import psutil
 import torch
 from torch import nn
 
+from engine.atomic import replace_folder
 from engine.errors import CheckpointError, DataError, HardwareError, Lora3dError, ProfileError
 from engine.families.base import Family
 from engine.families.registry import get_family
@@ -597,8 +598,6 @@ class Trainer:
         if not self.is_main:
             return
         model = self.accelerator.unwrap_model(self.model)
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
         metadata = {
             "family": self.profile.model.family,
             "task": self.profile.model.task,
@@ -607,15 +606,12 @@ class Trainer:
             "profile_name": self.profile.name,
         }
         try:
-            self.family.save_adapter(model, tmp, metadata)
-            old = folder.with_name(f".old-{folder.name}")
-            if folder.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            # Staged whole, whatever the family writes next to the adapter (e.g. a segmentation head).
+            with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as staging:
+                staged = Path(staging) / folder.name
+                self.family.save_adapter(model, staged, metadata)
+                replace_folder(staged, folder)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(
                 f"{folder}: adapter could not be written ({exc.strerror or exc}). Free disk space and rerun with --resume."
             ) from None

@@ -89,7 +89,7 @@ def test_injected_enospc_in_adapter_keeps_checkpoints_and_old_adapter(tmp_path, 
     def full(self, model, folder, metadata):
         real(self, model, folder, metadata)
         calls["n"] += 1
-        if folder.name == ".tmp-adapter":  # the final adapter, after adapter-best was written
+        if folder.name == "adapter":  # the final adapter (staged), after adapter-best was written
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ToyFamily, "save_adapter", full)
@@ -97,7 +97,7 @@ def test_injected_enospc_in_adapter_keeps_checkpoints_and_old_adapter(tmp_path, 
     assert code == 2 and "Traceback" not in err
     assert "adapter" in err and "No space left on device" in err and "--resume" in err
     run = tmp_path / "run"
-    assert not (run / "adapter").exists() and not (run / ".tmp-adapter").exists()
+    assert not (run / "adapter").exists() and not list(run.glob(".adapter*"))  # no staging left behind
     assert (run / "adapter-best" / "adapter_model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-6"
     monkeypatch.setattr(ToyFamily, "save_adapter", real)

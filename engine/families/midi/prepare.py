@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from engine.atomic import replace_folder
 from engine.errors import DataError
 from engine.families.midi.render import render_scene, sample_camera
 
@@ -464,21 +465,10 @@ def _prepare_scene_checked(job: _SceneJob, problems: _Problems) -> None:
             "seed": job.seed,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, job.output_dir / source.name)
+        replace_folder(tmp, job.output_dir / source.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move `tmp` to `final`; an older `final` is moved aside first so readers never see a half scene."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def _check_arguments(input_dir: Path, output_dir: Path, num_samples: int, image_size: int, workers: int) -> None:

@@ -19,15 +19,13 @@ leaves a half-written scene.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plyfile
 
+from engine.atomic import atomic_folder
 from engine.errors import DataError
 from engine.families.scenesplat.data import normalize_quat
 
@@ -167,21 +165,9 @@ def write_scene_atomic(scene: dict[str, np.ndarray], dest: Path, overwrite: bool
             f"{dest}: scene folder already exists, got {sorted(p.name for p in dest.iterdir())[:6]!r}. "
             "Choose another destination or pass overwrite=True (`--overwrite`)."
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with atomic_folder(dest) as tmp:
         for name, array in scene.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def import_3dgs_ply(

@@ -24,14 +24,12 @@ L2-normalised, row i for class i; `<path>.json` = `{"class_names": [...], "dim":
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.atomic import atomic_folder
 from engine.errors import DataError
 from engine.families.scenesplat.ply_import import write_scene_atomic
 
@@ -360,9 +358,7 @@ def write_synthetic_dataset(
         raise DataError(
             f"{root}: folder already exists, got an existing path. Choose another root or pass overwrite=True."
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    with atomic_folder(root) as tmp:
         counts = {"train": num_train, "val": num_val}
         points: dict[str, list[int]] = {}
         for split_id, (split, count) in enumerate(counts.items()):
@@ -385,14 +381,4 @@ def write_synthetic_dataset(
         if lang_dim is not None:
             write_text_embeddings(tmp / "text_embeddings.npy", SYNTHETIC_CLASSES, lang_dim)
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
-        if root.exists():
-            old = root.with_name(f".{root.name}.old-{os.getpid()}")
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return info

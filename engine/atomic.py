@@ -1,0 +1,58 @@
+"""Provides atomic writes: a file or folder appears complete at its final path, or not at all.
+
+Everything lora3d writes for later use (scenes, datasets, adapters, merged checkpoints) goes through
+here, so a kill, a full disk or an exception never leaves a half-written result where a reader looks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Moves the finished folder `tmp` to `dest`; an older `dest` is moved aside first (a folder cannot be
+    replaced in one rename) and removed after, so readers see the old or the new folder, never a mix."""
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `dest`; fill it, and on a clean exit it becomes `dest`.
+
+    On an exception the temporary folder is removed and `dest` is left exactly as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `dest` to write; on a clean exit it replaces `dest` in one rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
