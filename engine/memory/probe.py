@@ -159,7 +159,8 @@ def _tensor_bytes(modules: list[Any]) -> int:
     return total
 
 
-def _rss_status(field_name: str) -> int | None:
+def proc_status_bytes(field_name: str) -> int | None:
+    """A memory field of /proc/self/status (`VmRSS`, `VmHWM`) in bytes; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
@@ -169,7 +170,8 @@ def _rss_status(field_name: str) -> int | None:
     return None
 
 
-def _reset_hwm() -> bool:
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark (Linux: `5` to /proc/self/clear_refs) so earlier peaks do not count."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -234,8 +236,8 @@ def run_child(request: dict[str, Any]) -> dict[str, Any]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     weights = _tensor_bytes([model] + [getattr(frozen, n, None) for n in ("vae", "clip", "dino")])
     gc.collect()
-    hwm_reset = device.type == "cpu" and _reset_hwm()
-    rss_before = _rss_status("VmRSS") or 0
+    hwm_reset = device.type == "cpu" and reset_peak_rss()
+    rss_before = proc_status_bytes("VmRSS") or 0
     t0 = time.perf_counter()
     tokens = 0
     for _ in range(int(request["steps"])):
@@ -256,7 +258,7 @@ def run_child(request: dict[str, Any]) -> dict[str, Any]:
 
         answer["measured_bytes"] = answer["nvml_bytes"] or answer["reserved_bytes"] + CUDA_CONTEXT_BYTES
     else:
-        peak = _rss_status("VmHWM") if hwm_reset else None
+        peak = proc_status_bytes("VmHWM") if hwm_reset else None
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         answer["extra"]["rss_increase_bytes"] = int(peak - rss_before)

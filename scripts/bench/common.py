@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the scripts run from a clone without installing lora3d
+    sys.path.insert(0, str(REPO))
+
+from engine.memory.probe import proc_status_bytes, reset_peak_rss  # noqa: E402
+
 CHILD_FLAG = "--_child"
 """Hidden flag: `script --_child MODE CONFIG_JSON` runs one measurement and prints its JSON last."""
 
@@ -169,6 +174,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
+            self._hwm_reset = reset_peak_rss()
             self._base = _rss_bytes()
 
     def stop(self) -> dict[str, float]:
@@ -179,7 +185,9 @@ class PeakMemory:
             torch.cuda.synchronize()
             peak, kind = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
         else:
-            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu peak RSS"
+            hwm = proc_status_bytes("VmHWM") if getattr(self, "_hwm_reset", False) else None
+            peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            kind = "cpu peak RSS"
         return {"extra_mib": (peak - self._base) / 2**20, "peak_mib": peak / 2**20, "kind": kind}
 
 
