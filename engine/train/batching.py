@@ -54,6 +54,15 @@ def sample_seeds(indices: list[int], seed: int, epoch: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
+def combine_seeds(seeds: torch.Tensor) -> int:
+    """One seed for a micro-batch, from its samples' seeds (order matters: it is the batch order)."""
+    mask = (1 << 63) - 1
+    x = 0x243F6A8885A308D3
+    for value in seeds.tolist():
+        x = ((x ^ int(value)) * 0x100000001B3) & mask
+    return x
+
+
 def sample_generators(seeds: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Generator]:
     """A torch.Generator per sample, seeded from `batch["sample_seeds"]`."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds.tolist()]

@@ -250,6 +250,8 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._stream: _StepStream | None = None
+        device = self.accelerator.device
+        self._rng_devices = [device] if device.type == "cuda" else []
         if profile.output.tensorboard:
             self.accelerator.init_trackers(
                 "tb",
@@ -390,11 +392,15 @@ class Trainer:
                 self.hooks.before_micro_batch(self, micro_batches[i])
             from accelerate.utils import send_to_device
 
+            seeds = batching.sample_seeds(micro_batches[i], self.profile.train.seed, self.state.epoch)
             if isinstance(batch, dict):
-                batch["sample_seeds"] = batching.sample_seeds(micro_batches[i], self.profile.train.seed, self.state.epoch)
+                batch["sample_seeds"] = seeds
             batch = send_to_device(batch, self.accelerator.device)
             sync = contextlib.nullcontext() if i == n - 1 else self.accelerator.no_sync(model)
-            with sync, self.accelerator.autocast():
+            # The global RNG (dropout, PTv3's order shuffle) is seeded from this micro-batch's samples, so a
+            # micro-batch computes the same on any process: N processes match N-step accumulation.
+            with sync, torch.random.fork_rng(devices=self._rng_devices), self.accelerator.autocast():
+                torch.manual_seed(batching.combine_seeds(seeds))
                 out = self.family.training_step(model, batch, self.profile)
                 self.accelerator.backward(out.loss / n)
             loss_sum += out.loss.detach().float()

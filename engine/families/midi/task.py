@@ -22,6 +22,7 @@ from torch import nn
 
 from engine.families.midi.latents import FrozenParts, encode_conditions, encode_posterior, sample_posterior
 from engine.models.dit.flow import RectifiedFlowScheduler, add_noise, flow_target, sample_logit_normal_sigmas
+from engine.train.batching import sample_generators
 
 __all__ = [
     "batch_conditions",
@@ -107,16 +108,27 @@ def flow_loss(
     counts = batch["num_instances"]
     scenes = counts.shape[0]
     device = mean.device
-    # 1. Latents: sampled from the posterior exactly as encoding on the fly would.
-    x0 = sample_posterior(mean.to(device), logvar.to(device))
-    # 2. One noise level per scene.
-    if weighting == "uniform":
-        sigma_scene = torch.rand(scenes).clamp(1e-6, 1 - 1e-6)
+    seeds = batch.get("sample_seeds")
+    if seeds is not None:
+        # Per-scene draws from the trainer's sample seeds: a scene gets the same latents, noise level, CFG
+        # dropout and noise whichever process or micro-batch it lands in (multi-GPU == accumulation).
+        eps, noise, sigma_scene, keep_scene = _scene_draws(
+            seeds, slots, tuple(mean.shape[1:]), weighting, logit_mean, logit_std, cfg_dropout
+        )
+        x0 = mean.to(device) + torch.exp(0.5 * logvar.to(device)) * eps.to(device, mean.dtype)
+        noise = noise.to(device, x0.dtype)
     else:
-        sigma_scene = sample_logit_normal_sigmas(scenes, logit_mean, logit_std)
+        # 1. Latents: sampled from the posterior exactly as encoding on the fly would.
+        x0 = sample_posterior(mean.to(device), logvar.to(device))
+        # 2. One noise level per scene.
+        if weighting == "uniform":
+            sigma_scene = torch.rand(scenes).clamp(1e-6, 1 - 1e-6)
+        else:
+            sigma_scene = sample_logit_normal_sigmas(scenes, logit_mean, logit_std)
+        # 3. CFG dropout: both conditions of a scene become zeros.
+        keep_scene = torch.rand(scenes) >= cfg_dropout
+        noise = None
     sigma = sigma_scene.to(device).repeat_interleave(slots)
-    # 3. CFG dropout: both conditions of a scene become zeros.
-    keep_scene = torch.rand(scenes) >= cfg_dropout
     if not keep_scene.any() and _lora_untouched(model):
         # A first step with every condition zeroed gives the cross-attention LoRAs no gradient, which the
         # trainer's gradient-flow guard reports as a mis-targeted adapter. Keep them on that step only
@@ -127,7 +139,8 @@ def flow_loss(
         clip = clip * keep[:, None, None].to(clip.dtype)
     dino = dino * keep[:, None, None].to(dino.dtype)
     # 4. Noise and the velocity target.
-    noise = torch.randn_like(x0)
+    if noise is None:
+        noise = torch.randn_like(x0)
     x_t = add_noise(x0, noise, sigma)
     pred = model(
         x_t.to(dit_dtype(model)),
@@ -140,6 +153,23 @@ def flow_loss(
     loss = per_instance[real].mean()
     metrics = {"cfg_dropped": float(1.0 - keep.float().mean()), "sigma_mean": float(sigma_scene.mean())}
     return loss, metrics
+
+
+def _scene_draws(
+    seeds: torch.Tensor, slots: int, latent_shape: tuple[int, ...], weighting: str, logit_mean: float,
+    logit_std: float, cfg_dropout: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eps, noise) of shape (scenes * slots, *latent_shape), sigma (scenes,), keep (scenes,) from per-scene seeds."""
+    eps, noise, sigma, keep = [], [], [], []
+    for gen in sample_generators(seeds.cpu()):
+        if weighting == "uniform":
+            sigma.append(torch.rand((), generator=gen).clamp(1e-6, 1 - 1e-6))
+        else:
+            sigma.append(sample_logit_normal_sigmas(1, logit_mean, logit_std, generator=gen)[0])
+        keep.append(torch.rand((), generator=gen) >= cfg_dropout)
+        eps.append(torch.randn((slots, *latent_shape), generator=gen))
+        noise.append(torch.randn((slots, *latent_shape), generator=gen))
+    return torch.cat(eps), torch.cat(noise), torch.stack(sigma), torch.stack(keep)
 
 
 @torch.no_grad()
