@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widgets import Button, Input
 
 from wizard.messages import StepDone
 
@@ -41,6 +42,14 @@ class WizardScreen(Screen):
 
     def action_next(self) -> None:
         self.done()
+
+    # Enter in a field and the Next button both answer the step.
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.done()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            self.done()
 
     def done(self) -> None:
         self.post_message(StepDone())

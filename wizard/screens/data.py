@@ -73,13 +73,6 @@ class DataScreen(WizardScreen):
             super().done()
         self._proceed = False
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.done()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "next":
-            self.done()
-
     def done(self) -> None:
         if self._checked == self._key() and self._result is not None:
             if self._result.ok or self._result.data:  # a scanned folder with problems: the user has seen them

@@ -39,10 +39,6 @@ class HardwareScreen(WizardScreen):
         self.wizard.set_hardware(message.hardware)
         self.query_one(GpuTable).show(message.hardware)
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "next":
-            self.done()
-
     def done(self) -> None:
         if self.draft.hardware is None:
             self.notify("still probing the hardware...", severity="warning")

@@ -94,13 +94,6 @@ class ModelScreen(WizardScreen):
         else:
             self.query_one("#pretrained", Input).focus()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.done()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "next":
-            self.done()
-
     def _key(self) -> tuple[str, str]:
         return (self.draft.family, self.query_one("#pretrained", Input).value.strip())
 

@@ -328,13 +328,6 @@ class PlanScreen(WizardScreen):
         self._applying = False
 
     # ------------------------------------------------------------------ navigation
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.done()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "next":
-            self.done()
-
     def done(self) -> None:
         if self.errors or self.general_errors:
             self.notify("fix the values marked in red first", severity="error")
