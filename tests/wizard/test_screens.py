@@ -214,7 +214,10 @@ def test_review_saves_and_asks_before_overwrite(gpu24, tmp_path):
             assert "must be a .yaml file" in screen_text(app)
             field.value = str(tmp_path / "new.yaml")
             await pilot.click("#save")
-            await pilot.pause()
+            for _ in range(50):  # the save runs off the UI thread; on a loaded machine it takes a few frames
+                await pilot.pause(0.05)
+                if app.return_value is not None:
+                    break
         assert app.return_value == ("saved", tmp_path / "new.yaml")
         text = (tmp_path / "new.yaml").read_text()
         assert text.startswith("# Written by the lora3d wizard")
