@@ -201,7 +201,7 @@ def test_review_saves_and_asks_before_overwrite(gpu24, tmp_path):
             existing = tmp_path / "taken.yaml"
             existing.write_text("keep me\n")
             field.value = str(existing)
-            await pilot.click("#save")
+            app.screen.query_one("#save").press()  # not a click: a toast may cover the button
             await pilot.pause()
             assert type(app.screen).__name__ == "ConfirmDialog"
             await pilot.press("enter")  # the focused answer is "Keep it"
@@ -209,11 +209,11 @@ def test_review_saves_and_asks_before_overwrite(gpu24, tmp_path):
             assert existing.read_text() == "keep me\n"
             assert "exists and was kept" in screen_text(app)
             field.value = str(tmp_path / "mine.txt")
-            await pilot.click("#save")
+            app.screen.query_one("#save").press()  # not a click: a toast may cover the button
             await pilot.pause()
             assert "must be a .yaml file" in screen_text(app)
             field.value = str(tmp_path / "new.yaml")
-            await pilot.click("#save")
+            app.screen.query_one("#save").press()  # not a click: a toast may cover the button
             for _ in range(50):  # the save runs off the UI thread; on a loaded machine it takes a few frames
                 await pilot.pause(0.05)
                 if app.return_value is not None:
