@@ -14,6 +14,8 @@ import tests.toy_family  # noqa: F401  (registers the `toy` family)
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LORA3D_PLUGINS", "tests.toy_family")
+# Child processes (CLI tests, benchmarks) inherit the plugin setting, so they must be able to import it too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from engine.errors import ProfileError
 from engine.families.base import Family
 
 # Built-in families are imported lazily: each pulls in its model code.
@@ -24,7 +25,13 @@ def register_family(cls: type[Family]) -> type[Family]:
 def _load_plugins() -> None:
     """Imports the modules named in LORA3D_PLUGINS (comma-separated); each registers its families."""
     for module in filter(None, (m.strip() for m in os.environ.get("LORA3D_PLUGINS", "").split(","))):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ProfileError(
+                f"LORA3D_PLUGINS: the family plugin module {module!r} cannot be imported ({exc}). "
+                "Fix the module name or add its folder to PYTHONPATH, or unset LORA3D_PLUGINS."
+            ) from None
 
 
 def family_names() -> list[str]:

@@ -70,3 +70,12 @@ def test_plain_log_lines_when_not_a_tty(tmp_path, write_profile):
 def test_missing_profile_exit_2(tmp_path):
     out = _run("train", tmp_path / "nope.yaml")
     assert out.returncode == 2 and "profile not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_plugin_module_is_a_clear_error(tmp_path, write_profile):
+    path = write_profile(toy_profile_dict(tmp_path))
+    env = dict(os.environ, LORA3D_PLUGINS="no_such_plugin_module")
+    out = subprocess.run([sys.executable, "-m", "engine", "validate", str(path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "LORA3D_PLUGINS" in out.stderr and "no_such_plugin_module" in out.stderr
+    assert "Traceback" not in out.stderr
