@@ -101,7 +101,9 @@ def main() -> None:
                       "dashboard_samples_per_s": round(d, 4), "slowdown_percent": round(100 * (h - d) / h, 2),
                       "dashboard_cpu_s": round(sum(CPU["dashboard"]), 2),
                       "training_cpu_s": round(sum(CPU["training"]), 2),
-                      "dashboard_cpu_percent_of_training": round(100 * sum(CPU["dashboard"]) / sum(CPU["training"]), 2)}))
+                      # the child's CPU is known only once it was reaped; None rather than a division by zero
+                      "dashboard_cpu_percent_of_training": (round(100 * sum(CPU["dashboard"]) / sum(CPU["training"]), 2)
+                                                            if sum(CPU["training"]) > 0 else None)}))
 
 
 if __name__ == "__main__":
