@@ -56,3 +56,14 @@ def atomic_file(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_folder(tmp: Path, dest: Path) -> Path:
+    """Renames the finished folder `tmp` to `dest` unless another process published `dest` first; then `tmp`
+    is discarded. For caches (demo bases, synthetic datasets), where any complete copy is as good as ours."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # a non-empty `dest` already exists: the other writer won
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

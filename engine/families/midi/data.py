@@ -13,7 +13,6 @@ it, the raw surfaces and images, encoded on the fly by the task.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.atomic import publish_folder
 from engine.errors import DataError
 from engine.families.midi.latents import (
     ConditionCache,
@@ -223,11 +223,7 @@ def synthetic_prepared_scenes(
                 raise DataError(f"{tmp / split}: synthetic scenes failed to prepare, got {report.failed}. Report this bug.")
         shutil.rmtree(tmp / "raw", ignore_errors=True)
         (tmp / "DONE").write_text("ok\n")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, folder)
     train = list_prepared_scenes(folder / "train")
     val = list_prepared_scenes(folder / "val") if (folder / "val").is_dir() else []
     return train, val

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -24,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from engine.atomic import publish_folder
 from engine.errors import ProfileError
 
 __all__ = ["DEMO_PROFILE", "build_demo_base", "run_demo"]
@@ -85,11 +85,7 @@ def _demo_vae(tiny_vae: Path, quick: bool, seed: int, num_tokens: int, console: 
         f"tiny demo VAE: {steps} steps on {shapes.surfaces.shape[0]} synthetic A and B instances "
         f"in {time.perf_counter() - started:.0f}s\n"
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, folder)
     return folder
 
 
@@ -139,11 +135,7 @@ def build_demo_base(quick: bool = False, seed: int = 0, console: Console | None 
     (tmp / "lora3d_demo_base.txt").write_text(
         f"tiny demo base: DiT pretrained {steps} steps on synthetic domain A in {time.perf_counter() - started:.0f}s\n"
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, folder)
     return folder
 
 

@@ -9,8 +9,6 @@ and their outputs are cached on disk (engine/families/midi/latents.py).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from engine.atomic import publish_folder
 from engine.errors import CheckpointError, ProfileError
 from engine.families.base import Family, MemoryDescription, StepOutput
 from engine.families.midi.latents import FrozenParts, default_cache_dir
@@ -153,11 +152,7 @@ def tiny_base_folder(seed: int) -> Path:
     if not (folder / "model_index.json").is_file():
         tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
         build_tiny_pipeline(tmp, seed=seed)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process wrote it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, folder)
     return folder
 
 
