@@ -443,7 +443,6 @@ class Trainer:
         """Runs one optimizer step, retrying with a halved micro-batch on out-of-memory."""
         state = self.state
         step_in_epoch = state.epoch_sample // self.samples_per_step
-        rng_at_start = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         while True:
             stream = self._stream
             if stream is None or stream.key != (state.epoch, state.micro_batch, state.grad_accum) \
@@ -461,9 +460,6 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                torch.set_rng_state(rng_at_start[0])
-                if rng_at_start[1] is not None:
-                    torch.cuda.set_rng_state_all(rng_at_start[1])
                 self._halve_micro_batch(exc)
         first_step = state.step == 0 and not self.resume
         warning = self.watchdog.check(loss, state.step + 1)  # raises on NaN/inf before any update
