@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from engine.errors import Lora3dError
+from engine.families.registry import family_entries
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -27,21 +28,35 @@ def _print_error(message: str) -> None:
 
 
 # ---------------------------------------------------------------------- commands
-def cmd_validate(args: argparse.Namespace) -> int:
-    from engine.profile import dump_profile, load_profile
+def _load(args: argparse.Namespace):
+    # lazy: families import torch and PEFT (seconds); `lora3d --help` and `probe` do not need them
+    from engine.families.recipe import load_recipe
 
-    profile = load_profile(args.profile, args.set)
-    print(dump_profile(profile), end="")
-    _console(stderr=True).print(f"[green]ok[/]: {args.profile} is valid (effective batch {profile.effective_batch})")
+    overrides = list(args.set)
+    if getattr(args, "out", None):
+        overrides.append(f"output.dir={args.out}")
+    recipe = load_recipe(args.profile, overrides)
+    for note in recipe.notes:
+        _console(stderr=True).print(f"[yellow]note:[/] {note}")
+    return recipe
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.profile import dump_profile  # lazy: see _load
+
+    recipe = _load(args)
+    print(dump_profile(recipe.profile), end="")
+    _console(stderr=True).print(
+        f"[green]ok[/]: {args.profile} is valid (effective batch {recipe.profile.effective_batch})"
+    )
     return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.profile import dump_profile, load_profile
+    from engine.profile import dump_profile  # lazy: see _load
 
-    profile = load_profile(args.profile, args.set)
-    if args.out:
-        profile.output.dir = Path(args.out)
+    recipe = _load(args)
+    profile = recipe.profile
     if args.dry_run:
         print(dump_profile(profile), end="")
         _console(stderr=True).print(
@@ -52,18 +67,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.launch:
         from engine.launch import launch_profile
 
-        return launch_profile(args.profile, args.set, out=args.out, resume=args.resume)
-    from engine.memory.gpus import probe_hardware
+        return launch_profile(profile, args.profile, args.set, out=args.out, resume=args.resume)
+    # lazy: the trainer and the memory checks import torch and accelerate
+    from engine.hardware import probe_hardware
+    from engine.memory.fingerprint import check_hardware
     from engine.memory.hostram import check_host_ram
-    from engine.profile.fingerprint import check_hardware
     from engine.train.display import HeadlessDisplay
+    from engine.train.prerequisites import ensure_prerequisites
     from engine.train.trainer import Trainer
 
     hardware = probe_hardware()
-    for warning in check_hardware(profile, hardware) + check_host_ram(profile, None, hardware):
+    for warning in check_hardware(profile, hardware) + check_host_ram(recipe, hardware):
         _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     display = HeadlessDisplay(quiet=args.quiet)
-    trainer = Trainer(profile, resume=args.resume, listeners=[display])
+    trainer = Trainer(recipe, resume=args.resume, listeners=[display], prepare=ensure_prerequisites)
     try:
         result = trainer.run()
     finally:
@@ -72,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from engine.memory.gpus import probe_hardware
+    # lazy: NVML and psutil only when probing
+    from engine.hardware import probe_hardware
     from engine.memory.tiers import GIB, recommend_tier
 
     hardware = probe_hardware()
@@ -90,7 +108,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
-    from rich.table import Table
+    from rich.table import Table  # lazy: start-up time
 
     console = _console()
     if hardware.cpu_mode:
@@ -115,21 +133,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """A command function named `module:function`, imported when the command runs (start-up time)."""
 
-        return getattr(importlib.import_module(module), func)(args)
+    def run(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
 
     return run
 
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    entries = family_entries()
     parser = argparse.ArgumentParser(
         prog="lora3d",
-        description="LoRA fine-tuning of 3D foundation models (SceneSplat PTv3, MIDI-3D). "
-        "Run with no command to open the wizard.",
+        description="LoRA fine-tuning of 3D foundation models. Run with no command to open the wizard. Families: "
+        + "; ".join(entry.label for entry in entries.values()) + ".",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -159,70 +179,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--measure", action="store_true", help="run a few real steps and record measured peak memory")
     p.add_argument("--write", action="store_true", help="with --measure: write the measured numbers into the profile")
-    p.set_defaults(func=_lazy("engine.memory.plan", "cmd_plan"))
+    p.set_defaults(func=_lazy("engine.commands:cmd_plan"))
 
     p = profile_cmd("data-check", "scan the profile's data folder: counts, points, labels, problems")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_data_check"))
+    p.set_defaults(func=_lazy("engine.commands:cmd_data_check"))
 
     p = sub.add_parser("watch", help="open the training dashboard on a running or finished run")
     p.add_argument("run_dir")
     p.add_argument("--plain", action="store_true", help="print events as lines instead of the TUI")
-    p.set_defaults(func=_lazy("wizard.commands", "cmd_watch"))
+    p.set_defaults(func=_lazy("wizard.commands:cmd_watch"))
 
     p = sub.add_parser("wizard", help="the guided set-up (Textual TUI; --plain for questionary)")
     p.add_argument("--plain", action="store_true")
     p.add_argument("--demo", action="store_true", help="accept every default: run the built-in demo")
-    p.set_defaults(func=_lazy("wizard.commands", "cmd_wizard"))
+    p.set_defaults(func=_lazy("wizard.commands:cmd_wizard"))
 
     p = sub.add_parser("merge", help="fold a run's adapter into the base weights (loads into a plain model)")
     p.add_argument("run_dir", help="run directory (or adapter folder)")
     p.add_argument("--out", required=True, help="merged checkpoint file (.pth or .safetensors) or folder")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_merge"))
+    p.set_defaults(func=_lazy("engine.commands:cmd_merge"))
 
-    p = sub.add_parser("import-3dgs", help="convert INRIA 3DGS .ply file(s) into SceneSplat scene folder(s)")
-    p.add_argument("src", help=".ply file or folder of .ply files")
-    p.add_argument("dest", help="scene folder (file mode) or dataset split folder (folder mode)")
-    p.add_argument("--labels", help="optional .npy of per-point labels (file mode)")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_import_3dgs"))
-
-    p = sub.add_parser("prepare-mesh", help="turn folders of meshes into MIDI training data")
-    p.add_argument("--input_dir", "--input-dir", required=True)
-    p.add_argument("--output_dir", "--output-dir", required=True)
-    p.add_argument("--num_samples", "--num-samples", type=int, default=20480)
-    p.add_argument("--image_size", "--image-size", type=int, default=512)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--allow_pickle_npy", action="store_true", help="read TripoSG pickled .npy dicts (unpickles!)")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_prepare_mesh"))
-
-    p = sub.add_parser("infer", help="MIDI: generate a 3D scene (GLB/OBJ/PLY) from an image and a segmentation")
-    p.add_argument("--pretrained", required=True, help="MIDI-3D or TripoSG folder (model_index.json)")
-    p.add_argument("--lora_path", "--lora-path", help="adapter folder or file (optional)")
-    p.add_argument("--rgb_image", "--rgb-image", required=True)
-    p.add_argument("--seg_image", "--seg-image", required=True)
-    p.add_argument("--output", required=True, help="result .glb/.obj/.ply")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--octree_resolution", "--octree-resolution", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_infer"))
-
+    demos = [name for name, entry in entries.items() if entry.demo]
     p = sub.add_parser("demo", help="run a built-in demo headlessly (synthetic data, tiny base, real LoRA fine-tune)")
-    p.add_argument("family", nargs="?", default="scenesplat", choices=["scenesplat", "midi"])
+    p.add_argument("family", choices=demos, help="the family whose demo to run")
     p.add_argument("--out", help="run directory")
-    p.set_defaults(func=_lazy("engine.commands", "cmd_demo"))
+    p.set_defaults(func=_lazy("engine.commands:cmd_demo"))
+
+    for entry in entries.values():
+        for command in entry.commands:
+            p = sub.add_parser(command.name, help=command.help, description=command.help)
+            command.arguments(p)
+            p.set_defaults(func=_lazy(command.run))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["wizard", *argv])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        parser = build_parser()  # reads the families' entries: a bad LORA3D_PLUGINS is a user error
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args(["wizard", *argv])
         return int(args.func(args) or 0)
     except Lora3dError as exc:
         _print_error(str(exc))

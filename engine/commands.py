@@ -1,14 +1,31 @@
-"""Provides the CLI commands that delegate to a family: data-check, merge, import-3dgs, prepare-mesh, infer, demo."""
+"""Provides the `lora3d` commands that work on any family: data-check, plan, merge, demo.
+
+Family-specific commands (importing splats, preparing meshes, generating scenes) live in the families'
+folders and are listed by their entries (`engine.families.entry.CliCommand`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from engine.errors import CheckpointError
+from engine.families.recipe import load_recipe
+from engine.families.registry import family_entries
+from engine.memory.estimate import GIB
+from engine.memory.fingerprint import hardware_fingerprint
+from engine.memory.hostram import check_host_ram
+from engine.memory.plan import Plan, hardware_for_plan, plan_recipe
+from engine.memory.probe import Candidate, correction_factor, probe_recipe
+from engine.profile import read_yaml, save_profile_data
 
 
 def _console() -> Console:
@@ -16,11 +33,8 @@ def _console() -> Console:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from engine.families.registry import get_family
-    from engine.profile import load_profile
-
-    profile = load_profile(args.profile, args.set)
-    report = get_family(profile.model.family).data_check(profile)
+    recipe = load_recipe(args.profile, args.set)
+    report = recipe.family.data_check(recipe)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -28,68 +42,131 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if not report.to_dict().get("problems") else 1
 
 
-def _run_profile(run_dir: Path):
-    from engine.profile import load_profile
-
+def run_recipe(run_dir: Path):
+    """The recipe a run directory was trained with (its `profile.resolved.yaml`)."""
     resolved = run_dir / "profile.resolved.yaml"
     if not resolved.exists():
         raise CheckpointError(
             f"{run_dir}: not a lora3d run directory (no profile.resolved.yaml). Pass the folder `lora3d train` wrote."
         )
-    return load_profile(resolved)
+    return load_recipe(resolved)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from engine.families.registry import get_family
-
     run_dir = Path(args.run_dir)
-    profile = _run_profile(run_dir)
+    recipe = run_recipe(run_dir)
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
         raise CheckpointError(f"{run_dir}: has no adapter/ yet (the run has not completed). Finish it with --resume first.")
-    out = get_family(profile.model.family).merge_adapter(profile, adapter, Path(args.out))
+    out = recipe.family.merge_adapter(recipe, adapter, Path(args.out))
     _console().print(f"merged checkpoint written to {out}")
     return 0
 
 
-def cmd_import_3dgs(args: argparse.Namespace) -> int:
-    from engine.families.scenesplat.ply_import import import_3dgs_folder, import_3dgs_ply
-
-    src, dest = Path(args.src), Path(args.dest)
-    if src.is_dir():
-        summary = import_3dgs_folder(src, dest)
-    else:
-        summary = import_3dgs_ply(src, dest, labels=Path(args.labels) if args.labels else None)
-    _console().print(summary)
-    return 0
-
-
-def cmd_prepare_mesh(args: argparse.Namespace) -> int:
-    from engine.families.midi.prepare import prepare_dataset
-
-    report = prepare_dataset(
-        args.input_dir, args.output_dir, num_samples=args.num_samples, image_size=args.image_size,
-        workers=args.workers, allow_pickle_npy=args.allow_pickle_npy,
-    )
-    return 1 if report.failed else 0
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    from engine.families.midi.inference import run_inference
-
-    out = run_inference(
-        pretrained=Path(args.pretrained), lora_path=Path(args.lora_path) if args.lora_path else None,
-        rgb_image=Path(args.rgb_image), seg_image=Path(args.seg_image), output=Path(args.output),
-        steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-        octree_resolution=args.octree_resolution, device=args.device,
-    )
-    _console().print(f"scene written to {out}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import importlib
-
-    demo = importlib.import_module(f"engine.families.{args.family}.demo")
-    demo.run_demo(Path(args.out) if args.out else None, console=_console())
+    entry = family_entries()[args.family]
+    module, function = entry.demo.split(":")
+    run_demo = getattr(importlib.import_module(module), function)
+    run_demo(Path(args.out) if args.out else None, console=_console())
     return 0
+
+
+def _fmt(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / GIB:.2f} GB"
+
+
+def _candidates(profile: Any, plan: Plan) -> list[Candidate]:
+    rec = plan.recommendation
+    top = Candidate(rec.rank, rec.micro_batch, rec.gradient_checkpointing, rec.precision)
+    own = Candidate(profile.lora.r, profile.train.batch_size, profile.train.gradient_checkpointing,
+                    profile.train.mixed_precision)
+    return [top] if own == top else [top, own]
+
+
+def write_measured(path: Path, measured: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Writes `hardware.measured` (and the fingerprint) into the profile file atomically; comments are lost."""
+    data = read_yaml(path)
+    hardware = dict(data.get("hardware") or fingerprint)
+    hardware["measured"] = measured
+    data["hardware"] = hardware
+    save_profile_data(data, path)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`lora3d plan PROFILE [--json] [--measure [--write]]`."""
+    recipe = load_recipe(args.profile, args.set)
+    profile = recipe.profile
+    hardware = hardware_for_plan()
+    plan = plan_recipe(recipe, hardware)
+    plan.warnings.extend(check_host_ram(recipe, hardware))
+    measurements = []
+    measured_record = None
+    if getattr(args, "measure", False):
+        measurements = probe_recipe(recipe, _candidates(profile, plan), plan.device)
+        factor = correction_factor(measurements)
+        if factor is not None:
+            measured_record = {
+                "family": profile.model.family,
+                "device": plan.device,
+                "device_name": None if hardware.cpu_mode else min(hardware.gpus, key=lambda g: g.total_bytes).name,
+                "correction": factor,
+                "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "candidates": [m.to_dict() for m in measurements],
+            }
+            if getattr(args, "write", False):
+                fingerprint = hardware_fingerprint(hardware).model_dump(mode="json")
+                write_measured(Path(args.profile), measured_record, fingerprint)
+    if args.json:
+        out = plan.to_dict()
+        if getattr(args, "measure", False):
+            out["measured"] = [m.to_dict() for m in measurements]
+            out["correction_factor"] = measured_record["correction"] if measured_record else None
+            out["written"] = bool(measured_record and getattr(args, "write", False))
+        print(json.dumps(out, indent=2))
+        return 0
+    _print_plan(profile, plan, measurements, measured_record, getattr(args, "write", False))
+    return 0
+
+
+def _print_plan(profile: Any, plan: Plan, measurements: list[Any], measured: dict[str, Any] | None,
+                written: bool) -> None:
+    console = _console()
+    est = plan.estimate
+    table = Table(title=f"memory estimate: {profile.model.family}, {est.tokens} tokens per micro-batch ({plan.device})")
+    table.add_column("part")
+    table.add_column("bytes", justify="right")
+    for key, value in est.breakdown.items():
+        table.add_row(key, _fmt(value))
+    table.add_row("expected peak", _fmt(est.expected_bytes))
+    table.add_row("[bold]with 10% margin[/]", f"[bold]{_fmt(est.estimate_bytes)}[/]")
+    console.print(table)
+    for note in est.notes:
+        console.print(f"  note: {escape(note)}")
+    where = f"GPU {_fmt(plan.device_bytes)}" if plan.device_bytes else f"CPU, host RAM budget {_fmt(plan.budget_bytes)}"
+    verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
+    console.print(f"verdict: {verdict} ({_fmt(est.estimate_bytes)} on {where})")
+    rec = plan.recommendation
+    console.print(
+        f"recommendation ({rec.tier}): rank {rec.rank}, micro-batch {rec.micro_batch} x grad_accum {rec.grad_accum} "
+        f"x {profile.launch.num_processes} process(es) = effective batch {profile.effective_batch}, gradient "
+        f"checkpointing {'on' if rec.gradient_checkpointing else 'off'}, precision {rec.precision}: "
+        f"{_fmt(rec.estimate_bytes)}{'' if rec.fits else ' [red](does not fit)[/]'}"
+    )
+    for reason in rec.reasons:
+        console.print(f"  - {escape(reason)}")
+    console.print(f"  apply with: --set {' '.join(rec.overrides())}")
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if measurements:
+        mt = Table(title="measured vs estimated (expected peak, no margin)")
+        for col in ("rank", "micro-batch", "ckpt", "precision", "estimated", "measured", "ratio est/meas"):
+            mt.add_column(col)
+        for m in measurements:
+            c = m.candidate
+            mt.add_row(str(c.rank), str(c.micro_batch), "on" if c.gradient_checkpointing else "off", c.precision,
+                       _fmt(m.estimated_bytes), _fmt(m.measured_bytes) if m.measured_bytes else escape(m.error or "n/a"),
+                       f"{m.ratio:.2f}" if m.ratio else "-")
+        console.print(mt)
+        if measured:
+            console.print(f"correction factor (measured / estimated, worst case): {measured['correction']:.3f}"
+                          + (" written to `hardware.measured`" if written else "; add --write to store it"))

@@ -13,7 +13,6 @@ import sys
 import torch
 
 from engine.errors import HardwareError
-from engine.profile import load_profile
 from engine.profile.schema import Profile
 
 
@@ -52,8 +51,9 @@ def launch_command(profile: Profile, profile_path: str, overrides: list[str], ou
     return cmd
 
 
-def launch_profile(profile_path: str, overrides: list[str], out: str | None = None, resume: bool = False) -> int:
-    profile = load_profile(profile_path, overrides)
+def launch_profile(profile: Profile, profile_path: str, overrides: list[str], out: str | None = None,
+                   resume: bool = False) -> int:
+    """Runs `accelerate launch` for an already validated profile; returns its exit code."""
     cmd = launch_command(profile, profile_path, overrides, out=out, resume=resume)
     print("launching:", shlex.join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

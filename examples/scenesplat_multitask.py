@@ -27,22 +27,17 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from engine.families.scenesplat.family import (  # noqa: E402
-    DEMO_TINY_CONFIG,
-    SceneSplatFamily,
-    language_view,
-    load_adapter,
-    model_inputs,
-)
-from engine.families.scenesplat.task import zero_shot_predict  # noqa: E402
+from engine.families.recipe import resolve_recipe  # noqa: E402
+from engine.families.scenesplat.adapters import language_view, load_adapter  # noqa: E402
+from engine.families.scenesplat.options import DEMO_TINY_CONFIG  # noqa: E402
+from engine.families.scenesplat.task import model_inputs, zero_shot_predict  # noqa: E402
 from engine.lora import set_active_adapter  # noqa: E402
 from engine.models.ptv3 import PTv3Segmentor  # noqa: E402
-from engine.profile.load import validate_profile  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
 
 
-def profile_for(task: str, base: Path, out: Path):
-    return validate_profile({
+def recipe_for(task: str, base: Path, out: Path):
+    return resolve_recipe({
         "schema_version": 1,
         "name": f"multitask-{task}",
         "model": {"family": "scenesplat", "task": task, "backbone": "demo-tiny", "pretrained": str(base)},
@@ -57,12 +52,12 @@ def main(out: Path) -> dict[str, float]:
     torch.manual_seed(0)
     base = out / "base.pth"
     torch.save({"state_dict": PTv3Segmentor(dict(DEMO_TINY_CONFIG), 6).state_dict()}, base)
-    profiles = {task: profile_for(task, base, out) for task in ("semseg", "lang")}
+    profiles = {task: recipe_for(task, base, out) for task in ("semseg", "lang")}
     for task, profile in profiles.items():
         train(profile, install_signal_handlers=False)
         print(f"trained the {task} adapter into {out / task / 'adapter'}")
 
-    family = SceneSplatFamily()
+    family = profiles["semseg"].family
     seg = family.build_model(profiles["semseg"])          # the one frozen base (+ its head)
     load_adapter(seg, out / "semseg" / "adapter", adapter_name="semseg")
     lang = language_view(seg)                             # same backbone object and adapters, no head
@@ -73,7 +68,7 @@ def main(out: Path) -> dict[str, float]:
     _, val = family.build_datasets(profiles["semseg"])
     batch = family.collate([val[0]])
     inputs = model_inputs(batch)
-    text, names = family.text_table(profiles["lang"])
+    text, names = profiles["lang"].task.text_table()
     with torch.no_grad():
         set_active_adapter(seg, "semseg")
         labels = seg(dict(inputs)).argmax(1)

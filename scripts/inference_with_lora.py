@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_pretrained() -> Path:
     """The demo's cached tiny base, or a CheckpointError telling to pass --pretrained."""
-    from engine.families.midi.latents import default_cache_dir
+    from engine.cache import cache_root
 
-    found = sorted(default_cache_dir().glob("midi-demo-base-v*/model_index.json"))
+    found = sorted(cache_root().glob("midi-demo-base-v*/model_index.json"))
     if not found:
         raise CheckpointError(
             "--pretrained: no base model given, got none and no demo base in $LORA3D_CACHE. Pass "

@@ -1,26 +1,36 @@
 """A small family for engine tests: a two-layer regression model with attention-like names.
 
-Deterministic data (a sample is a function of (seed, index)); LoRA through PEFT on `blocks.*.proj`.
+Deterministic data (a sample is a function of (seed, index)); LoRA through the engine on `blocks.*.proj`.
 Registered when imported; subprocesses load it with LORA3D_PLUGINS=tests.toy_family.
+
+It is also the proof of the family contract: everything the engine and the wizard offer for a family
+(`lora3d plan`, `lora3d demo toy`, the wizard's model list, the resume identity) works for it from this file
+alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from pydantic import BaseModel, Field
 from torch import nn
 
-from engine.families.base import Family, MemoryDescription, StepOutput
+from engine.families.base import Family, MemoryDescription, Recipe, StepOutput, WizardSpec
 from engine.families.registry import register_family
-from engine.train.batching import sample_generators
+from engine.lora.spec import LoraSpec, ModuleNames
+from engine.seeding import sample_generators
 
 DIM = 8
+TRAIN_SEED, VAL_SEED = 7, 8
+"""The toy data's seeds (part of its resume identity)."""
 
 
 class ToyModelOptions(BaseModel):
-    model_config = {"extra": "forbid"}
-    num_blocks: int = Field(default=2, ge=1)
+    model_config = {"extra": "forbid", "frozen": True}
+    num_blocks: int = Field(default=2, ge=1, le=64)
     nan_at_step: int | None = None
     """Test seam: the loss becomes NaN from this training step on."""
     unused_block: bool = False
@@ -28,9 +38,23 @@ class ToyModelOptions(BaseModel):
 
 
 class ToyDataOptions(BaseModel):
-    model_config = {"extra": "forbid"}
-    num_train: int = Field(default=32, ge=0)
-    num_val: int = Field(default=8, ge=0)
+    model_config = {"extra": "forbid", "frozen": True}
+    num_train: int = Field(default=32, ge=0, le=1_000_000)
+    num_val: int = Field(default=8, ge=0, le=1_000_000)
+
+
+class ToyLoraOptions(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+    target_stages: list[int] | None = Field(default=None, description="Blocks to adapt; empty = all.")
+
+
+@dataclass(frozen=True)
+class ToyPreset:
+    name: str = "tiny"
+    description: str = "rank 2 on every block"
+
+    def profile_values(self, context: Any) -> dict[str, Any]:
+        return {"r": 2, "alpha": 4.0, "target_stages": None}
 
 
 class Block(nn.Module):
@@ -74,80 +98,118 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-@register_family
-class ToyFamily(Family):
-    name = "toy"
-    tasks = ("regress",)
-    default_task = "regress"
-    primary_metric = "val_loss"
-    greater_is_better = False
-    model_options = ToyModelOptions
-    data_options = ToyDataOptions
+@dataclass(frozen=True)
+class ToyTask:
+    """Regression with per-sample input noise; `nan_at_step` turns the loss into NaN (guard tests)."""
 
-    def check_profile(self, profile) -> list[str]:
-        if profile.lora.target_stages and max(profile.lora.target_stages) >= profile.model.num_blocks:
-            return [f"`lora.target_stages` out of range, got {profile.lora.target_stages}. Valid stages: "
-                    f"{list(range(profile.model.num_blocks))}."]
-        return []
+    nan_at_step: int | None
+    grad_accum: int
+    name: str = "regress"
+    primary_metric: str = "val_loss"
+    greater_is_better: bool = False
 
-    def build_model(self, profile) -> nn.Module:
-        torch.manual_seed(1234)  # the "pretrained" base is the same in every run
-        model = ToyModel(profile.model.num_blocks, profile.model.unused_block)
-        model.requires_grad_(False)
-        return model
-
-    def inject_lora(self, model: nn.Module, profile) -> nn.Module:
-        lora = profile.lora
-        stages = lora.target_stages if lora.target_stages is not None else range(profile.model.num_blocks)
-        targets = [f"blocks.{i}.proj" for i in stages]
-        if profile.model.unused_block:
-            targets.append("spare.proj")
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha or lora.r, lora_dropout=lora.dropout, target_modules=targets)
-        model = inject_adapter_in_model(config, model)
-        # PEFT inits B to zero; a non-zero B makes the resume/OOM equivalence tests sensitive to A too.
-        for name, param in model.named_parameters():
-            param.requires_grad = "lora_" in name
-        return model
-
-    def set_gradient_checkpointing(self, model, enabled: bool) -> None:
-        model.checkpointing = enabled
-
-    def build_datasets(self, profile):
-        return ToyDataset(profile.data.num_train, 7), ToyDataset(profile.data.num_val, 8)
-
-    def collate(self, samples):
-        return {"x": torch.stack([s["x"] for s in samples]), "y": torch.stack([s["y"] for s in samples])}
-
-    def training_step(self, model, batch, profile) -> StepOutput:
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         # Per-sample noise from the trainer's sample seeds: the same whatever the process or micro-batch.
         noise = torch.stack([torch.randn(DIM, generator=g) for g in sample_generators(batch["sample_seeds"])])
         pred = model(batch["x"] + 0.1 * noise)
         loss = nn.functional.mse_loss(pred, batch["y"])
         inner = getattr(model, "module", model)  # DDP wraps the model in multi-process runs
         inner.calls += 1
-        nan_at = profile.model.nan_at_step
-        if nan_at is not None and inner.calls >= nan_at * profile.train.grad_accum:
+        if self.nan_at_step is not None and inner.calls >= self.nan_at_step * self.grad_accum:
             loss = loss * float("nan")
         return StepOutput(loss=loss, num_samples=len(batch["x"]), num_tokens=len(batch["x"]))
 
     @torch.no_grad()
-    def evaluate(self, model, batches, profile) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Any) -> dict[str, float]:
         total, n = 0.0, 0
         for batch in batches:
             total += float(nn.functional.mse_loss(model(batch["x"]), batch["y"], reduction="sum"))
             n += len(batch["x"])
         return {"val_loss": total / max(n, 1)}
 
-    def describe_memory(self, profile) -> MemoryDescription:
-        return MemoryDescription(frozen_params=0, lora_params=0, other_trainable_params=0, tokens_per_sample=1)
 
-    def save_adapter(self, model, folder, metadata) -> None:
-        import json
+DEMO_PROFILE: dict[str, Any] = {
+    "schema_version": 1,
+    "name": "demo-toy",
+    "model": {"family": "toy"},
+    "lora": {"r": 4, "alpha": 8},
+    "train": {"max_steps": 8, "batch_size": 4, "lr": 0.05, "device": "cpu"},
+    "output": {"dir": "runs/demo-toy", "tensorboard": False},
+}
 
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(get_peft_model_state_dict(model), str(folder / "adapter_model.safetensors"))
-        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
-        (folder / "lora3d_metadata.json").write_text(json.dumps(metadata))
+def run_demo(out_dir: Path | None = None, console: Any = None, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The toy's built-in demo: base vs adapted validation loss after a short LoRA run."""
+    from engine.families.recipe import resolve_recipe
+    from engine.train.trainer import Trainer
+
+    data = {**DEMO_PROFILE, "output": {**DEMO_PROFILE["output"], "dir": str(out_dir or "runs/demo-toy")},
+            "train": {**DEMO_PROFILE["train"], "seed": seed}}
+    recipe = resolve_recipe(data, "<demo toy>")
+    result = Trainer(recipe, install_signal_handlers=False).run()
+    if console is not None:
+        console.print(f"toy demo: {result.status} after {result.step} steps, final loss {result.losses[-1]:.4f}")
+    return {"status": result.status, "losses": result.losses, "run_dir": str(result.run_dir)}
+
+
+@register_family
+class ToyFamily(Family):
+    name = "toy"
+    label = "Toy: a two-block regression model (engine tests)"
+    tasks = ("regress",)
+    default_task = "regress"
+    model_options = ToyModelOptions
+    data_options = ToyDataOptions
+    lora_options = ToyLoraOptions
+    presets = {"tiny": ToyPreset()}
+    demo = "tests.toy_family:run_demo"
+    wizard = WizardSpec(
+        description="A two-block regression model with LoRA on each block's projection; trains in seconds.",
+        new_profile={"model": {"family": "toy"}, "train": {"max_steps": 8, "device": "cpu"}},
+        demo_label="Toy demo (seconds on a CPU)",
+    )
+
+    def check(self, profile) -> list[str]:
+        stages = profile.lora.target_stages
+        if stages is not None and len(set(stages)) != len(stages):
+            return [f"`lora.target_stages` lists a stage twice, got {stages}."]
+        if profile.lora.target_stages and max(profile.lora.target_stages) >= profile.model.num_blocks:
+            return [f"`lora.target_stages` out of range, got {profile.lora.target_stages}. Valid stages: "
+                    f"{list(range(profile.model.num_blocks))}."]
+        return []
+
+    def build_recipe(self, profile, notes: list[str], source: str) -> Recipe:
+        lora = profile.lora
+        stages = lora.target_stages if lora.target_stages is not None else range(profile.model.num_blocks)
+        targets = [f"blocks.{i}.proj" for i in stages] + (["spare.proj"] if profile.model.unused_block else [])
+        spec = LoraSpec(method=lora.method, r=lora.r, alpha=lora.alpha or lora.r, dropout=lora.dropout,
+                        targets=ModuleNames(tuple(targets)), preset=lora.preset)
+        task = ToyTask(profile.model.nan_at_step, profile.train.grad_accum)
+        return Recipe(self, profile, task, spec, notes=tuple(notes), source=source)
+
+    def build_model(self, recipe: Recipe) -> nn.Module:
+        torch.manual_seed(1234)  # the "pretrained" base is the same in every run
+        model = ToyModel(recipe.profile.model.num_blocks, recipe.profile.model.unused_block)
+        return model.requires_grad_(False)
+
+    def set_gradient_checkpointing(self, model, enabled: bool) -> None:
+        model.checkpointing = enabled
+
+    def build_datasets(self, recipe: Recipe):
+        data = recipe.profile.data
+        return ToyDataset(data.num_train, TRAIN_SEED), ToyDataset(data.num_val, VAL_SEED)
+
+    def collate(self, samples):
+        return {"x": torch.stack([s["x"] for s in samples]), "y": torch.stack([s["y"] for s in samples])}
+
+    def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
+        return {"data_seeds": [TRAIN_SEED, VAL_SEED]}
+
+    def describe_memory(self, recipe: Recipe) -> MemoryDescription:
+        blocks = recipe.profile.model.num_blocks
+        frozen = blocks * (DIM * DIM + DIM) + DIM + 1
+        per_rank = blocks * 2 * DIM
+        layers = [{"name": f"blocks.{i}", "fp32_elems": 3 * DIM, "ckpt_elems": DIM} for i in range(blocks)]
+        return MemoryDescription(frozen_params=frozen, lora_params=per_rank * recipe.lora.r, other_trainable_params=0,
+                                 tokens_per_sample=1, layers=layers, rank=recipe.lora.r, lora_params_per_rank=per_rank,
+                                 input_bytes_per_token=4 * (DIM + 1))

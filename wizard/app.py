@@ -9,7 +9,7 @@ from typing import Any
 from textual.app import App
 from textual.binding import Binding
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 from wizard.draft import REPO_ROOT, ProfileDraft, free_run_dir
 from wizard.messages import StartRun, StepDone
 from wizard.screens import DashboardScreen, DataScreen, HardwareScreen, ModelScreen, PlanScreen, ReviewScreen
@@ -55,7 +55,7 @@ class WizardApp(App[Any]):
             return self.draft.hardware
         if self._probe is not None:
             return self._probe()
-        from engine.memory.gpus import probe_hardware
+        from engine.hardware import probe_hardware
 
         return probe_hardware()
 

@@ -28,14 +28,14 @@ def _problem_lines(exc: BaseException) -> list[str]:
     return [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
 
 
-def _table_profile(draft: ProfileDraft):
-    """The profile for building a model to inspect: the demo's random base has the same layout."""
-    from engine.profile import validate_profile
+def _table_recipe(draft: ProfileDraft):
+    """The recipe for building a model to inspect: the demo's random base has the same layout."""
+    from engine.families.recipe import resolve_recipe
 
     data = draft.profile_dict()
     if draft.family == "demo":
         data["model"]["demo_base"] = False  # the cached base is pretrained on first use (minutes)
-    return validate_profile(data, source="wizard")
+    return resolve_recipe(data, source="wizard")
 
 
 def check_checkpoint(draft: ProfileDraft) -> CheckResult:
@@ -48,11 +48,8 @@ def check_checkpoint(draft: ProfileDraft) -> CheckResult:
     if not path.exists():
         return CheckResult(False, problems=[f"{path}: not found. Type the checkpoint file or the pipeline folder."])
     try:
-        from engine.families.registry import get_family
-
-        profile = _table_profile(draft)
-        family = get_family(draft.engine_family)
-        model = family.build_model(profile)
+        recipe = _table_recipe(draft)
+        model = recipe.family.build_model(recipe)
     except Lora3dError as exc:
         return CheckResult(False, problems=_problem_lines(exc))
     except Exception as exc:  # a file that is not a checkpoint at all: show it, never crash the wizard
@@ -92,10 +89,8 @@ def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
     try:
         from rich.console import Console
 
-        from engine.families.registry import get_family
-
-        profile = _table_profile(draft)
-        report = get_family(draft.engine_family).data_check(profile)
+        recipe = _table_recipe(draft)
+        report = recipe.family.data_check(recipe)
         data = report.to_dict()
         console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
         report.render(console)
@@ -111,12 +106,11 @@ def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
 def build_lora_table(draft: ProfileDraft) -> CheckResult:
     """Builds the model with LoRA (random base of the same layout) and returns `lora_summary`."""
     try:
-        from engine.families.registry import get_family
+        from engine.lora.inject import apply_lora_spec
         from engine.lora.summary import lora_summary
 
-        profile = _table_profile(draft)
-        family = get_family(draft.engine_family)
-        model = family.inject_lora(family.build_model(profile), profile)
+        recipe = _table_recipe(draft)
+        model = apply_lora_spec(recipe.family.build_model(recipe), recipe.lora)
         summary = lora_summary(model)
     except Lora3dError as exc:
         return CheckResult(False, problems=_problem_lines(exc))
@@ -127,13 +121,10 @@ def build_lora_table(draft: ProfileDraft) -> CheckResult:
 
 def plan_memory(draft: ProfileDraft) -> CheckResult:
     """The memory estimate from `engine.memory.plan` (when this lora3d has it)."""
+    from engine.memory.plan import plan_recipe
+
     try:
-        from engine.memory.plan import plan_profile
-    except ImportError:
-        return CheckResult(False, ["memory estimate: not available in this lora3d (engine.memory.plan missing)"])
-    try:
-        profile = draft.validate()
-        plan = plan_profile(profile, hardware=draft.hardware)
+        plan = plan_recipe(draft.recipe(), hardware=draft.hardware)
     except Lora3dError as exc:
         return CheckResult(False, problems=_problem_lines(exc))
     except Exception as exc:

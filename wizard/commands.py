@@ -51,7 +51,7 @@ def cmd_wizard(args: argparse.Namespace) -> int:
 
 def run_plain_wizard(demo: bool, profiles_dir: Path, out=None, answers: dict | None = None) -> int:
     """The questionary path: ask (or take defaults), save, train as a child process, print its events."""
-    from engine.memory.gpus import probe_hardware
+    from engine.hardware import probe_hardware
     from wizard.draft import ProfileDraft, free_run_dir
     from wizard.plain import answers_from, questionary_answer, run_plain, watch_plain
     from wizard.run.launcher import launch_run

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 from engine.memory.tiers import TierRecommendation, recommend_tier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ class ProfileDraft:
             data.setdefault("launch", {})["num_processes"] = plan.num_gpus
         data.setdefault("output", {})["dir"] = f"runs/{self.name}"
         if self.hardware is not None:
-            from engine.profile.fingerprint import hardware_fingerprint
+            from engine.memory.fingerprint import hardware_fingerprint
 
             data["hardware"] = hardware_fingerprint(self.hardware).model_dump(mode="json", exclude_none=True)
         if self.extra:
@@ -192,11 +192,15 @@ class ProfileDraft:
             data = apply_overrides(data, list(self.overrides.items()))
         return data
 
-    def validate(self):
-        """The validated Profile; ProfileError listing every problem otherwise."""
-        from engine.profile import validate_profile
+    def recipe(self):
+        """The resolved Recipe of the draft; ProfileError listing every problem otherwise."""
+        from engine.families.recipe import resolve_recipe
 
-        return validate_profile(self.profile_dict(), source="wizard")
+        return resolve_recipe(self.profile_dict(), source="wizard")
+
+    def validate(self):
+        """The resolved Profile (what gets saved and run); ProfileError listing every problem otherwise."""
+        return self.recipe().profile
 
     def train_command(self, profile_path: Path | str) -> str:
         """The equivalent headless command line."""

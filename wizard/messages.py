@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.message import Message
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 from wizard.checks import CheckResult
 from wizard.run.tail import TailResult
 

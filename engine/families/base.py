@@ -1,8 +1,17 @@
-"""Provides the Family plugin interface: what a model family supplies to the family-agnostic engine.
+"""Provides the family contract: what a model family declares, and the Recipe it resolves a profile into.
 
-A family builds its model (and loads the base checkpoint), injects LoRA, builds datasets and collate,
-computes a training step's loss, evaluates, and describes its memory use. The engine owns everything
-else: profiles, the trainer, checkpoints, events, the memory planner and the CLI.
+A family is one folder under `engine/families/` (or a plugin module named in `LORA3D_PLUGINS`). It declares,
+as class attributes, what the engine and the wizard need to know without building anything (its label,
+tasks, extra profile keys, LoRA presets as data, CLI subcommands, demo, wizard defaults), and implements a
+few methods that do the work:
+
+- `resolve(profile)`: once per run, a validated Profile becomes a frozen `Recipe` (family options, the task
+  strategy with its loss and evaluation, the LoRA spec with presets applied, notes on what was defaulted).
+- `build_model`, `build_datasets`, `collate`, `describe_memory`, `data_check`, `save_adapter`,
+  `merge_adapter`, `identity`: each takes the Recipe, never the raw profile.
+
+The engine owns everything else: profiles, LoRA injection (`engine.lora`), the trainer, checkpoints, events,
+the memory planner, the CLI and the wizard. Nothing here names a family.
 
 NOTE: datasets must be deterministic given (profile seed, epoch, index): the trainer calls
 `dataset.set_epoch(epoch)` when the method exists and relies on it for exact resume.
@@ -10,16 +19,21 @@ NOTE: datasets must be deterministic given (profile seed, epoch, index): the tra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel
 from torch import nn
 
-if TYPE_CHECKING:
-    from engine.profile.schema import Profile
+from engine.errors import ProfileError
+from engine.families.entry import CliCommand
+from engine.lora import save_lora_checkpoint
+from engine.lora.presets import LoraPreset, resolve_preset
+from engine.lora.spec import LoraSpec
+from engine.profile import Profile, ProfileExtension, apply_overrides, validate_profile
 
 
 @dataclass
@@ -39,9 +53,42 @@ class StepOutput:
     num_tokens: int = 0
 
 
+class Task(Protocol):
+    """A task strategy: the loss of one micro-batch and the evaluation over validation batches.
+
+    Built by the family's `resolve` with every setting it needs bound, so neither method reads a profile.
+    """
+
+    name: str
+    primary_metric: str
+    """The eval metric best-checkpoint tracking follows."""
+    greater_is_better: bool
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput: ...
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Metrics over the batches; must contain `primary_metric`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Lever:
+    """A setting that shrinks one sample (the planner's last lever): `--set key=value` halves its tokens."""
+
+    label: str
+    """What it changes, e.g. `points per scene`."""
+    key: str
+    """The dotted profile key, e.g. `data.point_budget`."""
+    value: Any
+    """The value that halves the tokens per sample."""
+
+    def set_item(self) -> str:
+        return f"`{self.key}={self.value}`"
+
+
 @dataclass
 class MemoryDescription:
-    """What the memory planner needs to know about a family's model at the profile's settings.
+    """What the memory planner needs to know about a family's model at the recipe's settings.
 
     All counts are per process; bytes are computed by `engine.memory.estimate`.
     """
@@ -71,73 +118,216 @@ class MemoryDescription:
     scene's voxel grid)."""
     activation_factor: float = 1.0
     """Measured peak over the counted saved tensors (backward temporaries, allocator retention)."""
+    tokens_vary: bool = False
+    """The data decides the tokens per sample (e.g. voxelisation under a point budget): the measured probe
+    compares its estimate at the tokens that actually ran."""
+    loader_sample_bytes: float | None = None
+    """Host bytes of one sample as the data loader holds it; None: `tokens_per_sample x input_bytes_per_token`."""
+    disk_cache_bytes: int = 0
+    """Bytes the family caches on disk for this run (MIDI: the latent cache), checked against free space."""
+    disk_cache_dir: Path | None = None
+    """Where that cache lives."""
+    lever: Lever | None = None
+    """The per-sample lever (fewer points or instances per sample) for the out-of-memory advice."""
     notes: list[str] = field(default_factory=list)
     """Defaults and assumptions the description used (shown by `lora3d plan`)."""
+
+
+@dataclass(frozen=True)
+class WizardSpec:
+    """What the wizard shows and starts from for this family."""
+
+    description: str
+    """The model screen's text about the base model."""
+    new_profile: Mapping[str, Any]
+    """Sections a new profile starts from (the wizard's answers and the plan fill in the rest)."""
+    pretrained_hint: str = ""
+    """Placeholder for the base checkpoint field, e.g. `~/models/x/model_best.pth`."""
+    demo_profile: Path | None = None
+    """The shipped demo profile, when the family has a built-in demo the wizard can run."""
+    demo_label: str = ""
+    """The model list's line for the demo."""
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A file a recipe needs that one training run builds once and caches (e.g. a demo's pretrained base).
+
+    The trainer builds missing prerequisites before it builds the model (`engine.train.prerequisites`), so
+    every way of running a recipe (CLI, wizard, demo, tests) gets them, and through the same Trainer.
+
+    Attributes:
+        path: where the result is cached; it exists once built (written atomically).
+        profile: the profile, as plain data, of the run that builds it (`output` is set by the runner).
+        export: writes the trained model to the given path: `export(model, recipe, path)`.
+        description: one line for progress messages, e.g. `the demo's tiny base (pretrained on rooms A)`.
+    """
+
+    path: Path
+    profile: Mapping[str, Any]
+    export: Callable[[nn.Module, Recipe, Path], None]
+    description: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A profile resolved by its family once: everything a run needs, frozen.
+
+    Attributes:
+        family: the family plugin (one instance per family, from the registry).
+        profile: the resolved profile: validated and frozen, with the task, preset values and every family
+            default the family filled in; `profile.resolved.yaml` is this written out.
+        task: the task strategy (loss, evaluation, primary metric).
+        lora: what to adapt and how (`engine.lora.apply_lora_spec` injects it).
+        options: the family's own resolved settings (a frozen dataclass of the family's choosing).
+        notes: what was defaulted, overridden or guessed during resolution, said at run start.
+        source: the file (or `<wizard>`, `<demo>`) the profile came from, for messages.
+    """
+
+    family: Family
+    profile: Profile
+    task: Task
+    lora: LoraSpec
+    options: Any = None
+    notes: tuple[str, ...] = ()
+    source: str = "<profile>"
+
+    def with_overrides(self, items: Mapping[str, Any]) -> Recipe:
+        """A new recipe of this one's resolved profile with dotted keys changed (e.g. `output.dir`)."""
+        data = apply_overrides(self.profile.to_yaml_dict(), list(items.items()))
+        return self.family.resolve(validate_profile(data, self.source, self.family.extension()), source=self.source)
 
 
 class Family:
     """Base class of a family plugin. Subclasses set the class attributes and override the methods."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    """One line naming the family and its base model (CLI help, the wizard's model list)."""
     tasks: ClassVar[tuple[str, ...]] = ()
     default_task: ClassVar[str] = ""
-    presets: ClassVar[tuple[str, ...]] = ()
-    primary_metric: ClassVar[str] = "val_loss"
-    """Eval metric used for best-checkpoint tracking."""
-    greater_is_better: ClassVar[bool] = False
     model_options: ClassVar[type[BaseModel] | None] = None
     """Pydantic model whose fields are added to the profile's `model` section."""
     data_options: ClassVar[type[BaseModel] | None] = None
     """Pydantic model whose fields are added to the profile's `data` section."""
+    lora_options: ClassVar[type[BaseModel] | None] = None
+    """Pydantic model whose fields are added to the profile's `lora` section (where LoRA goes)."""
+    presets: ClassVar[Mapping[str, LoraPreset]] = {}
+    """Named LoRA presets (data); `resolve` applies the chosen one (`engine.lora.presets.resolve_preset`)."""
+    commands: ClassVar[tuple[CliCommand, ...]] = ()
+    demo: ClassVar[str | None] = None
+    """`module:function` of the built-in demo (`lora3d demo NAME`): `run_demo(out_dir, console, quick, seed)`."""
+    wizard: ClassVar[WizardSpec | None] = None
 
-    def check_profile(self, profile: Profile) -> list[str]:
-        """Cross-key checks that need the family (e.g. stages out of range); returns error messages."""
+    # ------------------------------------------------------------------ profile -> recipe
+    @classmethod
+    def extension(cls) -> ProfileExtension:
+        """The keys this family adds to a profile."""
+        return ProfileExtension(cls.model_options, cls.data_options, cls.lora_options)
+
+    def resolve(self, profile: Profile, cli_keys: Iterable[str] = (), source: str = "<profile>") -> Recipe:
+        """Resolves a validated profile into a Recipe, once.
+
+        Applies the task default and the preset (explicit keys win; a preset given on the command line wins
+        over the file's keys), re-validates the result, and lets the family check and derive its options.
+
+        Args:
+            profile: validated with this family's extension.
+            cli_keys: dotted keys given on the command line (`--set`), for the preset rule.
+            source: the profile's file name, for messages.
+
+        Raises:
+            ProfileError: every problem found, one per line, each starting with `source`.
+        """
+        notes: list[str] = []
+        errors: list[str] = []
+        task = profile.model.task
+        if task is None:
+            task = self.default_task
+        elif task not in self.tasks:
+            if len(self.tasks) == 1:
+                only = self.default_task
+                fix = f"must be `{only}` for the {self.name} family, got {task!r}. Set `model.task: {only}`."
+            else:
+                fix = f"is not a {self.name} task, got {task!r}. Use one of {', '.join(f'`{t}`' for t in self.tasks)}."
+            raise ProfileError(f"{source}: `model.task` {fix}")
+        lora_values = profile.lora.model_dump(mode="json")
+        preset_name = profile.lora.preset
+        if preset_name is not None:
+            if preset_name not in self.presets:
+                kinds = {getattr(p, "architecture", self.name) for p in self.presets.values()} or {self.name}
+                raise ProfileError(
+                    f"{source}: `lora.preset` is not a {'/'.join(sorted(kinds))} preset, got {preset_name!r}. Use one "
+                    f"of {', '.join(f'`{p}`' for p in self.presets)}, or remove it and set the `lora` keys directly."
+                )
+            explicit = set(profile.lora.model_fields_set)
+            cli = {k.removeprefix("lora.") for k in cli_keys if k.startswith("lora.")}
+            values = self.presets[preset_name].profile_values(self.preset_context(profile))
+            lora_values, preset_notes = resolve_preset(preset_name, lora_values, values, explicit, cli)
+            notes.extend(preset_notes)
+        data = profile.to_yaml_dict()
+        data["model"]["task"] = task
+        data["lora"] = lora_values
+        resolved = validate_profile(data, source, self.extension())
+        errors.extend(self.check(resolved))
+        if errors:
+            raise ProfileError("\n".join(f"{source}: {e}" for e in errors))
+        return self.build_recipe(resolved, notes, source)
+
+    def preset_context(self, profile: Profile) -> Any:
+        """What a preset needs to know about the model to give its values (e.g. the number of stages)."""
+        return None
+
+    def check(self, profile: Profile) -> list[str]:
+        """Cross-key checks of the resolved profile; returns messages (`key: what is wrong, got v. fix.`)."""
         return []
 
-    def build_model(self, profile: Profile) -> nn.Module:
-        """The base model with its task head, base weights loaded, all parameters frozen."""
+    def build_recipe(self, profile: Profile, notes: list[str], source: str) -> Recipe:
+        """The Recipe of a resolved and checked profile: the family's options, task and LoRA spec."""
         raise NotImplementedError
 
-    def inject_lora(self, model: nn.Module, profile: Profile) -> nn.Module:
-        """Adds LoRA per the profile's `lora` section and marks only adapter (and head) params trainable."""
+    # ------------------------------------------------------------------ run time
+    def build_model(self, recipe: Recipe) -> nn.Module:
+        """The base model with its task head, base weights loaded, all parameters frozen.
+
+        What loading skipped or guessed goes into `model.lora3d_notes` (a list of strings); the trainer
+        reports each as a warning.
+        """
         raise NotImplementedError
 
-    def build_datasets(self, profile: Profile) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    def build_datasets(self, recipe: Recipe) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
         raise NotImplementedError
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any], profile: Profile) -> StepOutput:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Any, profile: Profile) -> dict[str, float]:
-        """Metrics over the validation batches; must contain `primary_metric`."""
-        raise NotImplementedError
-
     def set_gradient_checkpointing(self, model: nn.Module, enabled: bool) -> None:
         """Switches per-block gradient checkpointing on the model's backbone."""
 
-    def describe_memory(self, profile: Profile) -> MemoryDescription:
+    def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         raise NotImplementedError
 
-    def data_check(self, profile: Profile) -> Any:
+    def prerequisites(self, recipe: Recipe) -> list[Prerequisite]:
+        """Cached files the recipe needs that a training run builds (a demo base); built before `build_model`."""
+        return []
+
+    def data_check(self, recipe: Recipe) -> Any:
         """A report of the data folder (counts, problems) with `to_dict()` and `render(console)`."""
         raise NotImplementedError
 
+    def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
+        """Family fields a checkpoint must share with the run resuming it, beyond what the engine records.
+
+        The engine records the architecture, the trainable tensors, the resolved `model`, `lora` and `data`
+        sections and the optimisation keys (`engine.train.identity`); a family adds what it resolves at
+        build time (e.g. MIDI's multi-instance blocks).
+        """
+        return {}
+
     def save_adapter(self, model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:
         """Writes the adapter in PEFT layout (adapter_config.json + adapter_model.safetensors)."""
-        from engine.lora import save_lora_checkpoint
-
         save_lora_checkpoint(model, folder, metadata=metadata)
 
-    def merge_adapter(self, profile: Profile, adapter: Path, out: Path) -> Path:
+    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path) -> Path:
         """Folds the adapter into the base weights and writes a checkpoint a plain model loads strictly."""
         raise NotImplementedError
-
-    def identity(self, model: nn.Module, profile: Profile) -> dict[str, Any]:
-        """Fields a checkpoint must share with the run resuming it (architecture, LoRA, data)."""
-        from engine.train.identity import model_identity
-
-        return model_identity(model, profile)

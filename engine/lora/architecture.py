@@ -6,9 +6,8 @@ import hashlib
 
 from torch import nn
 
+from engine.lora.config import LORA_PARAM_PARTS
 from engine.lora.prompt import PROMPT_ATTR
-
-_ADAPTER_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"})
 
 
 def base_parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -20,7 +19,7 @@ def base_parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         parts = name.split(".")
-        if parts[0] == PROMPT_ATTR or _ADAPTER_PARTS.intersection(parts):
+        if parts[0] == PROMPT_ATTR or LORA_PARAM_PARTS.intersection(parts):
             continue
         original = ".".join(p for p in parts if p != "base_layer")
         shapes[original] = list(param.shape)

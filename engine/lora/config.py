@@ -1,4 +1,5 @@
-"""Provides the LoRA hyper-parameter check and the `peft.LoraConfig` built from resolved targets."""
+"""Provides the LoRA hyper-parameter check, the `peft.LoraConfig` built from resolved targets, and the names
+that mark an adapter parameter (the one list every module reads)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Sequence
 from peft import LoraConfig
 
 from engine.errors import ProfileError
+
+LORA_PARAM_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"})
+"""Name parts that mark a PEFT LoRA parameter (``...qkv.lora_A.default.weight``)."""
 
 BIAS_MODES: tuple[str, ...] = ("none", "all", "lora_only")
 """Which biases train next to LoRA (PEFT's `bias` values)."""

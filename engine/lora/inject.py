@@ -18,20 +18,18 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from engine.errors import ProfileError
-from engine.lora.config import BIAS_MODES, build_lora_config
+from engine.lora.config import BIAS_MODES, LORA_PARAM_PARTS, build_lora_config
 from engine.lora.presets import DiTLoraPreset, get_preset
 from engine.lora.prompt import PROMPT_HIDDEN, get_prompt_bank, prompt_parameters
 from engine.lora.prompt import enable_prompt as attach_prompt_mlps
-from engine.lora.targets import DIT_PROJECTIONS, resolve_dit_targets, resolve_ptv3_targets
+from engine.lora.spec import DiTAttention, LoraSpec, PTv3Stages, Targets, tuple_or_none
+from engine.lora.targets import DIT_PROJECTIONS
 
 TARGETS_ATTR = "lora3d_targets"
 """Model attribute holding ``{adapter_name: record}`` of every injected adapter."""
 
 BIAS_ATTR = "lora3d_bias"
 """Model attribute holding the bias mode chosen by `mark_only_lora_as_trainable`."""
-
-LORA_PARAM_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"})
-"""Name parts that mark a PEFT LoRA parameter (``...qkv.lora_A.default.weight``)."""
 
 
 def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
@@ -107,6 +105,56 @@ def inject_lora_layers(
     return model
 
 
+def inject_targets(
+    model: nn.Module,
+    targets: Targets,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float = 0.0,
+    adapter_name: str = "default",
+    enable_prompt: bool = False,
+    preset: str | None = None,
+) -> nn.Module:
+    """Inject PEFT LoRA layers on resolved targets (every injection in lora3d comes through here).
+
+    Returns:
+        The same model; what was targeted is recorded as ``model.lora3d_targets[adapter_name]``.
+    """
+    config = build_lora_config(targets.modules, r, lora_alpha, lora_dropout)
+    record: dict[str, Any] = {
+        **targets.record,
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": float(lora_dropout),
+        "enable_prompt": bool(enable_prompt),
+    }
+    if preset is not None:
+        record["preset"] = preset
+    inject_lora_layers(model, config, adapter_name, record)
+    if enable_prompt:
+        shapes = enable_prompt_for(model, adapter_name)
+        model.lora3d_targets[adapter_name]["prompt"] = {"hidden": PROMPT_HIDDEN, "shapes": shapes}
+    return model
+
+
+def apply_lora_spec(model: nn.Module, spec: LoraSpec, adapter_name: str = "default") -> nn.Module:
+    """Prepare a frozen base for training per `spec`: inject and mark trainable what the spec says.
+
+    `lora`: LoRA (and prompts) on the spec's targets, plus `trainable_modules` in full; everything else
+    frozen. `full`: every parameter trains and nothing is injected.
+    """
+    if spec.method == "full":
+        return model.requires_grad_(True)
+    if spec.targets is None:
+        raise ProfileError("`lora`: a LoRA spec needs targets, got none. Set `lora.target_modules`.")
+    inject_targets(model, spec.targets.resolve(model), spec.r, spec.alpha, spec.dropout, adapter_name,
+                   spec.enable_prompt, spec.preset)
+    mark_only_lora_as_trainable(model)
+    for name in spec.trainable_modules:
+        model.get_submodule(name).requires_grad_(True)
+    return model
+
+
 def inject_lora_to_ptv3(
     model: nn.Module,
     r: int = 8,
@@ -138,26 +186,10 @@ def inject_lora_to_ptv3(
     Raises:
         ProfileError: bad hyper-parameters, unknown groups or stages the model does not have.
     """
-    targets = resolve_ptv3_targets(model, target_modules, encoder_only, target_stages)
-    config = build_lora_config(targets.modules, r, lora_alpha, lora_dropout)
-    record: dict[str, Any] = {
-        "family": "ptv3",
-        "r": r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": float(lora_dropout),
-        "target_modules": list(target_modules),
-        "encoder_only": encoder_only,
-        "target_stages": list(target_stages) if target_stages is not None else None,
-        "stages": list(targets.stages),
-        "prefix": targets.prefix,
-        "roles": {name: list(role) for name, role in targets.roles.items()},
-        "enable_prompt": bool(enable_prompt),
-    }
-    inject_lora_layers(model, config, adapter_name, record)
-    if enable_prompt:
-        shapes = enable_prompt_for(model, adapter_name)
-        model.lora3d_targets[adapter_name]["prompt"] = {"hidden": PROMPT_HIDDEN, "shapes": shapes}
-    return model
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    rule = PTv3Stages(tuple(target_modules), encoder_only, tuple_or_none(target_stages))
+    return inject_targets(model, rule.resolve(model), r, lora_alpha, lora_dropout, adapter_name, enable_prompt)
 
 
 def enable_prompt_for(model: nn.Module, adapter_name: str) -> dict[str, dict[str, list[int]]]:
@@ -198,19 +230,12 @@ def inject_lora_to_dit(
     Returns:
         The same model, with LoRA layers in place and the rest frozen.
     """
-    names = resolve_dit_targets(model, blocks, attention_kinds, target_modules)
-    config = build_lora_config(names, r, lora_alpha, lora_dropout)
-    record = {
-        "family": "dit",
-        "r": r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": float(lora_dropout),
-        "blocks": list(blocks) if blocks is not None else None,
-        "attention_kinds": list(attention_kinds),
-        "target_modules": list(target_modules),
-        "enable_prompt": False,
-    }
-    return inject_lora_layers(model, config, adapter_name, record)
+    if isinstance(attention_kinds, str):
+        attention_kinds = [attention_kinds]
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    rule = DiTAttention(tuple_or_none(blocks), tuple(attention_kinds), tuple(target_modules))
+    return inject_targets(model, rule.resolve(model), r, lora_alpha, lora_dropout, adapter_name)
 
 
 def inject_lora_with_preset(model: nn.Module, preset: str, **overrides: Any) -> nn.Module:
@@ -234,9 +259,8 @@ def inject_lora_with_preset(model: nn.Module, preset: str, **overrides: Any) -> 
             f"`lora`: unknown override for preset {chosen.name!r}, got {unknown!r}. Use keys of {allowed!r}."
         )
     kwargs = {**chosen.resolve(model), **overrides}
-    record_preset = {"preset": chosen.name}
     inject(model, **kwargs)
-    model.lora3d_targets[kwargs.get("adapter_name", "default")].update(record_preset)
+    model.lora3d_targets[kwargs.get("adapter_name", "default")]["preset"] = chosen.name
     return model
 
 

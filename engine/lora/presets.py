@@ -20,15 +20,25 @@ DiT presets (the MIDI seed: rank 16, alpha 16, dropout 0.1, to_q/to_k/to_v/to_ou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from torch import nn
 
 from engine.errors import ProfileError
-from engine.lora.targets import find_ptv3_stages
+from engine.lora.targets import StageLayout, find_ptv3_stages
 
 StageRule = Literal["last_two_encoder", "all_encoder", "all", "decoder"]
+
+
+class LoraPreset(Protocol):
+    """A named preset: the `lora` profile keys it sets, given what it needs to know about the model."""
+
+    name: str
+    description: str
+
+    def profile_values(self, context: Any) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,26 @@ class PTv3LoraPreset:
     stages: StageRule
     enable_prompt: bool
     description: str
+    architecture: ClassVar[str] = "PTv3"
+
+    def profile_values(self, layout: StageLayout) -> dict[str, Any]:
+        """The `lora` profile keys this preset sets on a backbone with `layout`'s stages."""
+        kwargs = self.kwargs(layout)
+        return {
+            "r": kwargs["r"],
+            "alpha": float(kwargs["lora_alpha"]),
+            "target_modules": kwargs["target_modules"],
+            "enable_prompt": kwargs["enable_prompt"],
+            "encoder_only": kwargs["encoder_only"],
+            "target_stages": kwargs["target_stages"],
+        }
 
     def resolve(self, model: nn.Module) -> dict[str, Any]:
         """Return the `inject_lora_to_ptv3` keyword arguments of this preset for `model`."""
-        layout = find_ptv3_stages(model)
+        return self.kwargs(find_ptv3_stages(model))
+
+    def kwargs(self, layout: StageLayout) -> dict[str, Any]:
+        """The `inject_lora_to_ptv3` keyword arguments of this preset for a backbone with `layout`'s stages."""
         kwargs: dict[str, Any] = {
             "r": self.r,
             "lora_alpha": self.lora_alpha,
@@ -99,6 +125,19 @@ class DiTLoraPreset:
     blocks: tuple[int, ...] | None
     attention_kinds: tuple[str, ...]
     description: str
+    architecture: ClassVar[str] = "DiT"
+
+    def profile_values(self, kinds: Any = None) -> dict[str, Any]:
+        """The `lora` profile keys this preset sets; `kinds` (when given) are the attention kinds the model has,
+        so a MIDI preset on a TripoSG model (no `cross2`) keeps only what exists."""
+        wanted = [k for k in self.attention_kinds if kinds is None or k in kinds]
+        return {
+            "r": self.r,
+            "alpha": float(self.lora_alpha),
+            "dropout": self.lora_dropout,
+            "target_blocks": list(self.blocks) if self.blocks is not None else None,
+            "attention_kinds": wanted,
+        }
 
     def resolve(self, model: nn.Module) -> dict[str, Any]:
         """Return the `inject_lora_to_dit` keyword arguments of this preset."""
@@ -153,3 +192,43 @@ def get_preset(name: str) -> PTv3LoraPreset | DiTLoraPreset:
             f"{sorted(PTV3_PRESETS)!r} (PTv3) or {sorted(DIT_PRESETS)!r} (DiT)."
         )
     return preset
+
+
+def resolve_preset(
+    name: str,
+    current: Mapping[str, Any],
+    preset: Mapping[str, Any],
+    explicit: set[str],
+    cli: set[str],
+) -> tuple[dict[str, Any], list[str]]:
+    """Applies a preset to a profile's `lora` keys: the one rule, used everywhere a preset resolves.
+
+    The rule: a key given next to the preset wins over it (in the same file, or on the command line); a
+    preset given on the command line wins over the keys of the profile file. Where the two disagree, a note
+    says which value won.
+
+    Args:
+        name: the preset's name (for the notes).
+        current: the profile's `lora` keys as validated (file and command line merged).
+        preset: the keys the preset sets (`LoraPreset.profile_values`).
+        explicit: keys set anywhere (the pydantic model's `model_fields_set`).
+        cli: keys given on the command line (without the `lora.` prefix); contains `preset` when the
+            preset itself came from the command line.
+
+    Returns:
+        The resolved keys and the notes.
+    """
+    preset_from_cli = "preset" in cli
+    out = dict(current)
+    notes = []
+    for key, value in preset.items():
+        given = current.get(key)
+        if key in cli or (key in explicit and not preset_from_cli):
+            if given != value:
+                where = "the command line" if key in cli else "the profile"
+                notes.append(f"`lora.{key}`: {given!r} from {where} wins over preset `{name}`'s {value!r}")
+            continue
+        if key in explicit and given != value:
+            notes.append(f"`lora.{key}`: preset `{name}` (command line) sets {value!r}, replacing the profile's {given!r}")
+        out[key] = value
+    return out, notes

@@ -1,6 +1,6 @@
-"""Provides the memory planner: GPU probe, tiers, analytic estimate, measured probe, plan and host-RAM check.
+"""Provides the memory planner: tiers, analytic estimate, measured probe, plan and host-RAM check.
 
-Names are imported lazily so that `engine.memory.gpus` (the wizard's first screen) stays light.
+Names are imported lazily so that `engine.hardware` (the wizard's first screen) stays light.
 """
 
 from __future__ import annotations
@@ -9,22 +9,19 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "GpuInfo": "engine.memory.gpus",
-    "HardwareInfo": "engine.memory.gpus",
-    "probe_hardware": "engine.memory.gpus",
-    "TierRecommendation": "engine.memory.tiers",
+        "TierRecommendation": "engine.memory.tiers",
     "recommend_tier": "engine.memory.tiers",
     "tier_for_memory": "engine.memory.tiers",
     "Estimate": "engine.memory.estimate",
-    "estimate_profile": "engine.memory.estimate",
+    "estimate_recipe": "engine.memory.estimate",
     "estimate_description": "engine.memory.estimate",
     "Plan": "engine.memory.plan",
     "Recommendation": "engine.memory.plan",
-    "plan_profile": "engine.memory.plan",
+    "plan_recipe": "engine.memory.plan",
     "fake_hardware": "engine.memory.plan",
     "Candidate": "engine.memory.probe",
     "Measurement": "engine.memory.probe",
-    "probe_profile": "engine.memory.probe",
+    "probe_recipe": "engine.memory.probe",
     "HostRamEstimate": "engine.memory.hostram",
     "estimate_host_ram": "engine.memory.hostram",
     "check_host_ram": "engine.memory.hostram",

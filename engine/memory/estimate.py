@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.families.base import MemoryDescription
+from engine.families.base import MemoryDescription, Recipe
 
 GIB = 1024**3
 MIB = 1024**2
@@ -181,45 +181,25 @@ def estimate_description(
     )
 
 
-def describe_profile(profile: Any, family: Any = None) -> MemoryDescription:
-    """The family's memory description of the profile (through the family plugin when given)."""
-    if family is not None and hasattr(family, "describe_memory"):
-        try:
-            return family.describe_memory(profile)
-        except NotImplementedError:
-            pass
-    name = profile.model.family
-    if name == "scenesplat":
-        from engine.families.scenesplat.memory import describe_memory
-    elif name == "midi":
-        from engine.families.midi.memory import describe_memory
-    else:
-        from engine.families.registry import get_family
-
-        return get_family(name).describe_memory(profile)
-    return describe_memory(profile)
-
-
-def estimate_profile(
-    profile: Any,
-    family: Any = None,
+def estimate_recipe(
+    recipe: Recipe,
     *,
     device: str | None = None,
     description: MemoryDescription | None = None,
 ) -> Estimate:
-    """The peak-memory estimate of one training process of `profile`, as it stands.
+    """The peak-memory estimate of one training process of `recipe`, as it stands.
 
     Args:
-        profile: a validated Profile (family keys merged).
-        family: the family plugin; None looks it up by `model.family`.
+        recipe: the resolved profile.
         device: "cuda" or "cpu"; None reads `train.device` (and `hardware.cpu_mode` for "auto").
         description: a precomputed description (the planner reuses one across candidates).
 
     Returns:
         The Estimate; `estimate_bytes` is the number to compare with the device.
     """
+    profile = recipe.profile
     device = device or _device_of(profile)
-    description = description or describe_profile(profile, family)
+    description = description or recipe.family.describe_memory(recipe)
     train = profile.train
     notes = []
     correction = correction_for(profile, device)

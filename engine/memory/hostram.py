@@ -3,8 +3,8 @@
 The host holds, at its peak: the interpreter with torch (`HOST_BASELINE_BYTES`); the frozen weights,
 which load into host memory before they move to a GPU; the data loader's prefetched batches
 (`max(1, workers) x prefetch x micro-batch` samples, plus one interpreter per worker process); and on
-a CPU run the whole training estimate. The MIDI latent cache lives on disk; its size is reported and
-checked against the free disk space of the cache folder.
+a CPU run the whole training estimate. A family's disk cache (e.g. precomputed latents) is reported and
+checked against the free disk space of the cache folder (the family describes both: `MemoryDescription`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from engine.memory.estimate import GIB, MIB, describe_profile, estimate_profile
+from engine.families.base import Recipe
+from engine.hardware import HardwareInfo
+from engine.memory.estimate import GIB, MIB, estimate_recipe
 
 HOST_BASELINE_BYTES = 1 * GIB
 """Python, torch and the engine's imports in the training process."""
@@ -28,7 +29,7 @@ HOST_HEADROOM = 0.9
 
 @dataclass
 class HostRamEstimate:
-    """Host bytes at the run's peak, by part, and the MIDI latent cache's size on disk."""
+    """Host bytes at the run's peak, by part, and the family's disk cache size."""
 
     total_bytes: int
     breakdown: dict[str, int]
@@ -37,41 +38,15 @@ class HostRamEstimate:
     notes: list[str] = field(default_factory=list)
 
 
-def _sample_bytes(profile: Any, description: Any) -> int:
-    """Bytes of one collated sample as the loader holds it."""
-    if profile.model.family == "midi":
-        k = profile.model.num_instances_per_batch
-        per_instance = 2 * 4 * 64 * profile.model.num_tokens  # cached posterior mean + log-variance
-        if not profile.data.enable_latent_cache:
-            per_instance = 6 * 4 * (profile.data.num_samples or 20480)  # surface points + normals
-        image = 3 * 4 * 512 * 512 * 3  # scene, instance and mask images at 512 px
-        return int(k * (per_instance + image))
-    return int(description.tokens_per_sample * description.input_bytes_per_token)
-
-
-def _cache_bytes(profile: Any, description: Any) -> tuple[int, Path | None]:
-    if profile.model.family != "midi" or not profile.data.enable_latent_cache:
-        return 0, None
-    from engine.families.midi.latents import default_cache_dir
-
-    cache_dir = Path(profile.data.cache_dir) if profile.data.cache_dir else default_cache_dir() / "midi-latents"
-    scenes = profile.data.synthetic_train_scenes + profile.data.synthetic_val_scenes
-    if profile.data.root is not None:
-        root = Path(profile.data.root)
-        splits = [root / s for s in (profile.data.train_split, profile.data.val_split) if s and (root / s).is_dir()]
-        folders = splits or ([root] if root.is_dir() else [])
-        scenes = sum(1 for folder in folders for p in folder.iterdir() if p.is_dir())
-    k = profile.model.num_instances_per_batch
-    per_instance = 2 * 4 * 64 * profile.model.num_tokens
-    return int(scenes * k * per_instance), cache_dir
-
-
-def estimate_host_ram(profile: Any, family: Any = None, device: str | None = None) -> HostRamEstimate:
-    """The host-RAM peak of `profile` on `device` ("cuda" or "cpu"; None reads the profile)."""
-    description = describe_profile(profile, family)
-    estimate = estimate_profile(profile, family, device=device, description=description)
+def estimate_host_ram(recipe: Recipe, device: str | None = None) -> HostRamEstimate:
+    """The host-RAM peak of `recipe` on `device` ("cuda" or "cpu"; None reads the profile)."""
+    profile = recipe.profile
+    description = recipe.family.describe_memory(recipe)
+    estimate = estimate_recipe(recipe, device=device, description=description)
     workers = profile.data.num_workers
-    sample = _sample_bytes(profile, description)
+    sample = description.loader_sample_bytes
+    if sample is None:
+        sample = description.tokens_per_sample * description.input_bytes_per_token
     loader = max(1, workers) * PREFETCH_FACTOR * profile.train.batch_size * sample
     parts = {
         "interpreter": HOST_BASELINE_BYTES,
@@ -81,17 +56,13 @@ def estimate_host_ram(profile: Any, family: Any = None, device: str | None = Non
         "weights_loading": 0 if estimate.device == "cpu" else 4 * description.frozen_params,
         "training": estimate.expected_bytes if estimate.device == "cpu" else 0,
     }
-    cache, cache_dir = _cache_bytes(profile, description)
-    return HostRamEstimate(int(sum(parts.values())), parts, cache, cache_dir)
+    return HostRamEstimate(int(sum(parts.values())), parts, description.disk_cache_bytes, description.disk_cache_dir)
 
 
-def check_host_ram(profile: Any, family: Any, hardware: Any) -> list[str]:
-    """Warnings when the host would run out of memory (or the latent cache out of disk), each with a fix."""
-    device = "cpu" if hardware.cpu_mode or profile.train.device == "cpu" else "cuda"
-    try:
-        est = estimate_host_ram(profile, family, device)
-    except Exception:  # advice only: a family without a usable memory description must not stop a run
-        return []
+def check_host_ram(recipe: Recipe, hardware: HardwareInfo) -> list[str]:
+    """Warnings when the host would run out of memory (or the family's disk cache out of disk), each with a fix."""
+    device = "cpu" if hardware.cpu_mode or recipe.profile.train.device == "cpu" else "cuda"
+    est = estimate_host_ram(recipe, device)
     warnings = []
     limit = HOST_HEADROOM * hardware.host_ram_bytes
     if est.total_bytes > limit:
@@ -119,7 +90,7 @@ def check_host_ram(profile: Any, family: Any, hardware: Any) -> list[str]:
             free = None
         if free is not None and est.cache_bytes > free:
             warnings.append(
-                f"`data.cache_dir`: the latent cache needs about {est.cache_bytes / GIB:.1f} GB but {probe_dir} has "
-                f"{free / GIB:.1f} GB free. Point `data.cache_dir` at a larger disk or set `data.enable_latent_cache=false`."
+                f"{est.cache_dir}: this run's disk cache needs about {est.cache_bytes / GIB:.1f} GB but {probe_dir} has "
+                f"{free / GIB:.1f} GB free. Point `data.cache_dir` at a larger disk, or turn the cache off."
             )
     return warnings

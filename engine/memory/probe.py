@@ -24,9 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from engine.families.base import Recipe
+from engine.families.recipe import resolve_recipe
+from engine.lora.inject import apply_lora_spec
+from engine.memory.estimate import CUDA_CONTEXT_BYTES, estimate_recipe
 
 PROBE_STEPS = 2
 PROBE_TIMEOUT_S = 600
@@ -75,27 +82,17 @@ class Measurement:
         return out
 
 
-def _apply(profile: Any, candidate: Candidate) -> Any:
-    trial = profile.model_copy(deep=True)
-    trial.lora.r = candidate.rank
-    trial.train.batch_size = candidate.micro_batch
-    trial.train.gradient_checkpointing = candidate.gradient_checkpointing
-    trial.train.mixed_precision = candidate.precision
-    return trial
-
-
-def probe_candidate(profile: Any, candidate: Candidate, device: str, steps: int = PROBE_STEPS,
+def probe_candidate(recipe: Recipe, candidate: Candidate, device: str, steps: int = PROBE_STEPS,
                     timeout_s: float = PROBE_TIMEOUT_S) -> Measurement:
-    """Runs `steps` training steps of `profile` at `candidate` in a child process and reads its peak."""
-    from engine.memory.estimate import estimate_profile
-
-    trial = _apply(profile, candidate)
-    estimate = estimate_profile(trial, device=device)
+    """Runs `steps` training steps of `recipe` at `candidate` in a child process and reads its peak."""
+    trial = recipe.with_overrides(candidate.overrides())
+    description = trial.family.describe_memory(trial)
+    estimate = estimate_recipe(trial, device=device, description=description)
     result = Measurement(candidate, device, estimated_bytes=estimate.expected_bytes, tokens=estimate.tokens)
     with tempfile.TemporaryDirectory(prefix="lora3d-probe-") as tmp:
         request = Path(tmp) / "request.json"
         answer = Path(tmp) / "answer.json"
-        data = trial.to_yaml_dict()
+        data = trial.profile.to_yaml_dict()
         data["output"]["dir"] = str(Path(tmp) / "run")
         data["output"]["tensorboard"] = False
         request.write_text(json.dumps({"profile": data, "device": device, "steps": steps, "answer": str(answer)}))
@@ -118,24 +115,19 @@ def probe_candidate(profile: Any, candidate: Candidate, device: str, steps: int 
         if got.get(key) is not None:
             setattr(result, key, got[key])
     result.extra = got.get("extra", {})
-    if trial.model.family == "scenesplat" and result.tokens and result.tokens != estimate.tokens:
-        # Voxelisation keeps fewer points than the budget: compare the memory model at the points that ran.
-        # (MIDI's reported tokens leave out padded instances and time tokens, which do run.)
-        from dataclasses import replace
-
-        from engine.memory.estimate import describe_profile
-
-        description = describe_profile(trial)
+    if description.tokens_vary and result.tokens and result.tokens != estimate.tokens:
+        # The data kept fewer tokens than the description assumed (e.g. voxelisation under the point budget):
+        # compare the memory model at the tokens that ran.
         exact = replace(description, tokens_per_sample=max(1, round(result.tokens / candidate.micro_batch)))
         result.extra["nominal_estimated_bytes"] = result.estimated_bytes
         result.extra["nominal_tokens"] = estimate.tokens
-        result.estimated_bytes = estimate_profile(trial, device=device, description=exact).expected_bytes
+        result.estimated_bytes = estimate_recipe(trial, device=device, description=exact).expected_bytes
     return result
 
 
-def probe_profile(profile: Any, candidates: list[Candidate], device: str, steps: int = PROBE_STEPS) -> list[Measurement]:
+def probe_recipe(recipe: Recipe, candidates: list[Candidate], device: str, steps: int = PROBE_STEPS) -> list[Measurement]:
     """Measures every candidate in turn (one child process each)."""
-    return [probe_candidate(profile, c, device, steps) for c in candidates]
+    return [probe_candidate(recipe, c, device, steps) for c in candidates]
 
 
 def correction_factor(measurements: list[Measurement]) -> float | None:
@@ -204,20 +196,14 @@ def _nvml_process_bytes() -> int | None:
 
 def run_child(request: dict[str, Any]) -> dict[str, Any]:
     """The child's work: build, take one micro-batch, run the steps, report the peak."""
-    import torch
-
-    from engine.families.registry import get_family
-    from engine.profile.load import validate_profile
-
-    profile = validate_profile(request["profile"], source="<probe>")
+    recipe = resolve_recipe(request["profile"], source="<probe>")
+    profile, family = recipe.profile, recipe.family
     device = torch.device("cuda" if request["device"] == "cuda" else "cpu")
     torch.manual_seed(profile.train.seed)
-    family = get_family(profile.model.family)
-    model = family.build_model(profile)
-    model = family.inject_lora(model, profile)
+    model = apply_lora_spec(family.build_model(recipe), recipe.lora)
     if profile.train.gradient_checkpointing:
         family.set_gradient_checkpointing(model, True)
-    train_ds, _ = family.build_datasets(profile)
+    train_ds, _ = family.build_datasets(recipe)
     micro = profile.train.batch_size
     batch = family.collate([train_ds[i % len(train_ds)] for i in range(micro)])
     from accelerate.utils import send_to_device
@@ -242,7 +228,7 @@ def run_child(request: dict[str, Any]) -> dict[str, Any]:
     tokens = 0
     for _ in range(int(request["steps"])):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = family.training_step(model, batch, profile)
+            out = recipe.task.loss(model, batch)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -254,8 +240,6 @@ def run_child(request: dict[str, Any]) -> dict[str, Any]:
         answer["allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         answer["reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
         answer["nvml_bytes"] = _nvml_process_bytes()
-        from engine.memory.estimate import CUDA_CONTEXT_BYTES
-
         answer["measured_bytes"] = answer["nvml_bytes"] or answer["reserved_bytes"] + CUDA_CONTEXT_BYTES
     else:
         peak = proc_status_bytes("VmHWM") if hwm_reset else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 
 GIB = 1024**3
 _SLACK_GIB = 0.5

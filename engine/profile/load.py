@@ -1,23 +1,28 @@
-"""Provides profile loading: YAML (safe), dotted `--set` overrides, family keys, all errors collected.
+"""Provides profile loading: YAML (safe), dotted `--set` overrides, family keys merged in, all errors collected.
 
 Every problem is reported at once as one ProfileError whose lines read
 `<file>: <key> <what is wrong>, got <value>. <fix>.`; nothing here raises anything else.
 Relative paths in a profile are resolved against the current working directory.
+
+This layer knows no family: the caller passes the family's extra keys as a `ProfileExtension`
+(`engine.families.recipe` does, after looking the family up).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError, create_model
 
+from engine.atomic import atomic_file
 from engine.errors import ProfileError
-from engine.families.registry import family_names, get_family
 from engine.profile import schema
 
 # Pointcept-style `--options` keys users of the seed's command line type, mapped onto profile keys.
@@ -31,6 +36,15 @@ OPTION_ALIASES = {
     "batch_size": "train.batch_size",
     "seed": "train.seed",
 }
+
+@dataclass(frozen=True)
+class ProfileExtension:
+    """The keys a family adds to the `model`, `data` and `lora` sections (pydantic models, extra keys forbidden)."""
+
+    model_options: type[BaseModel] | None = None
+    data_options: type[BaseModel] | None = None
+    lora_options: type[BaseModel] | None = None
+
 
 _SECTIONS = {
     "model": schema.ModelSection,
@@ -136,20 +150,21 @@ def _section_class(base: type[BaseModel], extra: type[BaseModel] | None) -> type
     return create_model(f"{base.__name__}With{extra.__name__}", __base__=base, **fields)
 
 
-def profile_class(family_name: str | None) -> type[schema.Profile]:
-    """The Profile class with the family's own `model` and `data` keys merged in."""
-    if family_name is None or family_name not in family_names():
+@functools.cache
+def profile_class(extension: ProfileExtension | None) -> type[schema.Profile]:
+    """The Profile class with a family's own `model`, `data` and `lora` keys merged in (one class per family, so
+    profiles of one family compare equal)."""
+    if extension is None or extension == ProfileExtension():
         return schema.Profile
-    family = get_family(family_name)
-    if family.model_options is None and family.data_options is None:
-        return schema.Profile
-    model_cls = _section_class(schema.ModelSection, family.model_options)
-    data_cls = _section_class(schema.DataSection, family.data_options)
+    model_cls = _section_class(schema.ModelSection, extension.model_options)
+    data_cls = _section_class(schema.DataSection, extension.data_options)
+    lora_cls = _section_class(schema.LoraSection, extension.lora_options)
     return create_model(
-        f"{type(family).__name__}Profile",
+        "FamilyProfile",
         __base__=schema.Profile,
         model=(model_cls, ...),
         data=(data_cls, data_cls()),
+        lora=(lora_cls, lora_cls()),
     )
 
 
@@ -224,28 +239,22 @@ def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str
     return f"{source}: `{key}` {msg[0].lower() + msg[1:]}, got {value!r}. {hint}."
 
 
-def validate_profile(data: dict[str, Any], source: str = "<profile>") -> schema.Profile:
-    """A validated Profile from plain data; ProfileError listing every problem otherwise."""
-    errors: list[str] = []
-    model = data.get("model")
-    family_name = model.get("family") if isinstance(model, dict) else None
-    if family_name is not None and family_name not in family_names():
-        close = difflib.get_close_matches(str(family_name), family_names(), n=1)
-        fix = f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(f'`{n}`' for n in family_names())}."
-        errors.append(f"{source}: `model.family` is not a known family, got {family_name!r}. {fix}")
-        family_name = None
-    cls = profile_class(family_name)
+def validate_profile(
+    data: dict[str, Any], source: str = "<profile>", extension: ProfileExtension | None = None
+) -> schema.Profile:
+    """A validated, frozen Profile from plain data; ProfileError listing every problem otherwise.
+
+    Args:
+        data: the profile as plain data (YAML mapping, overrides applied).
+        source: the file name errors start with.
+        extension: the family's extra keys; None validates the family-independent keys only.
+    """
+    cls = profile_class(extension)
     try:
         profile = cls.model_validate(data)
     except ValidationError as exc:
-        errors.extend(_format_error(source, cls, e) for e in exc.errors())
-        raise ProfileError("\n".join(errors)) from None
-    if errors:
-        raise ProfileError("\n".join(errors))
-    errors.extend(_check_cross_keys(profile, source))
-    if family_name is not None:
-        family = get_family(family_name)
-        errors.extend(f"{source}: {m}" for m in family.check_profile(profile))
+        raise ProfileError("\n".join(_format_error(source, cls, e) for e in exc.errors())) from None
+    errors = _check_cross_keys(profile, source)
     if errors:
         raise ProfileError("\n".join(errors))
     return profile
@@ -276,18 +285,7 @@ def _check_cross_keys(profile: schema.Profile, source: str) -> list[str]:
             f"{source}: `launch.num_processes` counts processes on all machines and must be at least "
             f"`launch.num_machines` ({launch.num_machines}), got {launch.num_processes}."
         )
-    if profile.lora.target_stages is not None and len(set(profile.lora.target_stages)) != len(profile.lora.target_stages):
-        errors.append(f"{source}: `lora.target_stages` lists a stage twice, got {profile.lora.target_stages}.")
     return errors
-
-
-def load_profile(path: str | Path, overrides: list[str] | None = None) -> schema.Profile:
-    """Reads, overrides and validates a profile file."""
-    path = Path(path)
-    data = read_yaml(path)
-    if overrides:
-        data = apply_overrides(data, parse_overrides(overrides))
-    return validate_profile(data, source=str(path))
 
 
 def dump_profile(profile: schema.Profile) -> str:
@@ -296,11 +294,14 @@ def dump_profile(profile: schema.Profile) -> str:
 
 
 def save_profile(profile: schema.Profile, path: Path, header: str | None = None) -> None:
-    """Writes the profile atomically (temp file, then rename), with an optional comment header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dump_profile(profile)
+    """Writes the profile atomically, with an optional comment header."""
+    save_profile_data(profile.to_yaml_dict(), path, header)
+
+
+def save_profile_data(data: dict[str, Any], path: Path, header: str | None = None) -> None:
+    """Writes profile data as YAML atomically, with an optional comment header."""
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

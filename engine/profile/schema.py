@@ -1,7 +1,10 @@
 """Provides the profile schema: every key a profile may hold, its default and its valid range.
 
-A family adds its own keys to the `model` and `data` sections (see `Family.model_options` and
-`Family.data_options`); `engine.profile.load` merges them in before validating.
+A family adds its own keys to the `model`, `data` and `lora` sections (`ProfileExtension`, declared by the
+family as `model_options`, `data_options` and `lora_options`); `engine.profile.load` merges them in before
+validating. A validated profile is frozen: nothing changes it after validation (what a family derives from
+it lives in its Recipe, and what changes at run time, such as an OOM-halved micro-batch, in the trainer's
+state).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ _NUMBER_TYPES = (int, float, int | None, float | None)
 class Section(BaseModel):
     """A profile section: unknown keys are errors, assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     @field_validator("*", mode="before")
     @classmethod
@@ -33,7 +36,7 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    family: str = Field(description="Model family plugin: `scenesplat` or `midi`.")
+    family: str = Field(description="Model family plugin (`lora3d families` lists them).")
     pretrained: Path | None = Field(
         default=None,
         description="Base checkpoint file or folder. Empty builds a randomly initialised base "
@@ -43,19 +46,23 @@ class ModelSection(Section):
 
 
 class LoraSection(Section):
-    preset: str | None = Field(default=None, description="Named preset; explicit keys override it.")
+    """The family-independent LoRA keys; a family adds where LoRA goes (stages, blocks) as `lora_options`."""
+
+    method: Literal["lora", "full"] = Field(
+        default="lora",
+        description="`lora` trains adapters on a frozen base; `full` trains every base parameter (the demos' base "
+        "pretraining and the LoRA-vs-full benchmarks).",
+    )
+    preset: str | None = Field(
+        default=None,
+        description="Named preset. Keys set next to it (same file, or the command line) win over it; a preset given "
+        "on the command line wins over the file's keys. What won is reported.",
+    )
     r: int = Field(default=8, ge=1, le=1024, description="LoRA rank.")
-    alpha: float | None = Field(default=None, gt=0, description="LoRA alpha; empty means alpha = r.")
+    alpha: float | None = Field(default=None, gt=0, le=1e6, description="LoRA alpha; empty means alpha = r.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(
-        default=None, description="PTv3: `attn`, `mlp`. DiT: `to_q`, `to_k`, `to_v`, `to_out.0`."
-    )
-    target_stages: list[int] | None = Field(default=None, description="PTv3 stages; empty = all.")
-    encoder_only: bool = Field(default=True, description="PTv3: adapt encoder stages only.")
-    enable_prompt: bool = Field(default=False, description="PTv3: PointLoRA prompt MLP per stage.")
-    target_blocks: list[int] | None = Field(default=None, description="DiT block indices; empty = all.")
-    attention_kinds: list[Literal["self", "cross", "cross2"]] | None = Field(
-        default=None, description="DiT attentions to adapt: `self` (attn1), `cross` (attn2), `cross2` (attn2_2)."
+        default=None, description="Which layers of each targeted block; the family lists its names."
     )
 
 

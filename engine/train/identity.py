@@ -1,4 +1,10 @@
-"""Provides the identity stamp a checkpoint carries, so a resume into another setup is refused early."""
+"""Provides the identity stamp a checkpoint carries, so a resume into another setup is refused early.
+
+One path for every family: the engine records the base architecture, the trainable tensors and every
+resolved profile key that changes the sample stream or the optimisation; the family adds what it
+resolves at build time (`Family.identity`). Keys that change neither (where logs and checkpoints go, how
+many loader workers, the launch layout) are left out, so changing them never blocks a resume.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +14,47 @@ from typing import Any
 
 from torch import nn
 
-from engine.profile.schema import Profile
+from engine.families.base import Recipe
+from engine.lora.architecture import base_fingerprint
 
-# Keys that belong to the adapter, not to the base architecture.
-_ADAPTER_MARKERS = ("lora_", "lora3d_prompt", "modules_to_save")
+IGNORED_KEYS = frozenset({
+    "name",
+    "data.num_workers",
+    "data.on_error",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_last",
+    "train.log_every",
+    "train.device",
+    "train.oom_recovery",
+    "train.loss_spike_factor",
+    "train.batch_size",
+    "train.grad_accum",
+})
+"""Dotted keys that change neither the samples nor the optimisation. (`train.batch_size` and `train.grad_accum`
+split the effective batch: a resume keeps the checkpoint's split and effective batch, see the trainer.)"""
+
+_SECTIONS = ("model", "lora", "data", "train")
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def architecture_fingerprint(model: nn.Module) -> str:
-    """A hash of the base model's parameter names and shapes (adapter parameters excluded)."""
-    rows = []
-    for name, param in model.state_dict().items():
-        if any(marker in name for marker in _ADAPTER_MARKERS):
-            continue
-        rows.append((name.replace(".base_layer", ""), list(param.shape)))
-    return _digest(sorted(rows))
-
-
-def model_identity(model: nn.Module, profile: Profile, dataset: Any = None) -> dict[str, Any]:
-    """Architecture, LoRA configuration and data the checkpoint was made with."""
-    lora = profile.lora.model_dump(mode="json")
-    trainable = sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    data = {"root": str(profile.data.root) if profile.data.root else "builtin", "split": profile.data.train_split}
+def run_identity(recipe: Recipe, model: nn.Module, dataset: Any = None) -> dict[str, Any]:
+    """Everything a checkpoint must share with the run that resumes it, as nested plain data."""
+    data = recipe.profile.to_yaml_dict()
+    identity: dict[str, Any] = {"family": recipe.family.name}
+    for section in _SECTIONS:
+        identity[section] = {k: v for k, v in data[section].items() if f"{section}.{k}" not in IGNORED_KEYS}
     if dataset is not None:
-        data["size"] = len(dataset)
-    return {
-        "family": profile.model.family,
-        "task": profile.model.task,
-        "architecture": architecture_fingerprint(model),
-        "lora": lora,
-        "trainable": _digest(trainable),
-        "data": data,
-    }
+        identity["data"]["size"] = len(dataset)
+    identity["architecture"] = base_fingerprint(model)
+    identity["trainable"] = _digest(sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad))
+    family_fields = recipe.family.identity(recipe, model)
+    if family_fields:
+        identity[recipe.family.name] = family_fields
+    return identity
 
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -8,6 +8,7 @@ the loss of one micro-batch and evaluation. Only the main process writes the run
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -20,14 +21,15 @@ from typing import Any
 
 import psutil
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from engine import seeding
 from engine.atomic import replace_folder
 from engine.errors import CheckpointError, DataError, HardwareError, Lora3dError, ProfileError
-from engine.families.base import Family
-from engine.families.registry import get_family
-from engine.profile.load import save_profile
-from engine.profile.schema import Profile
+from engine.families.base import Recipe
+from engine.lora.inject import apply_lora_spec
+from engine.profile import save_profile_data
 from engine.train import batching
 from engine.train.checkpoint import (
     TrainState,
@@ -40,7 +42,7 @@ from engine.train.checkpoint import (
 )
 from engine.train.events import EventLog
 from engine.train.guards import LossWatchdog, check_gradient_flow
-from engine.train.identity import identity_differences, model_identity
+from engine.train.identity import identity_differences, run_identity
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -96,6 +98,14 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
 
 
+def save_full_model(model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:
+    """`lora.method: full` has no adapter: the folder holds every weight (`model.safetensors`) and the metadata."""
+    folder.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "lora3d_metadata.json").write_text(json.dumps({**metadata, "method": "full"}, indent=2))
+
+
 def _lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
     def fn(step: int) -> float:
         if warmup and step < warmup:
@@ -111,24 +121,27 @@ def _lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
 class Trainer:
     def __init__(
         self,
-        profile: Profile,
+        recipe: Recipe,
         run_dir: Path | None = None,
         resume: bool = False,
-        family: Family | None = None,
         hooks: TrainerHooks | None = None,
         install_signal_handlers: bool = True,
         listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+        prepare: Callable[[Recipe, Callable[[str], None]], None] | None = None,
     ) -> None:
-        self.profile = profile
-        self.run_dir = Path(run_dir or profile.output.dir)
+        self.recipe = recipe
+        self.profile = recipe.profile
+        self.run_dir = Path(run_dir or recipe.profile.output.dir)
         self.resume = resume
-        self.family = family or get_family(profile.model.family)
+        self.family = recipe.family
         self.hooks = hooks or TrainerHooks()
         self.install_signal_handlers = install_signal_handlers
         self.stop_reason: str | None = None
         self.losses: list[float] = []
         self.events: EventLog | None = None
         self.listeners = listeners or []
+        self.prepare = prepare
+        """Runs before the model is built, with a `say(message)` into the event log (prerequisites)."""
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
@@ -180,17 +193,22 @@ class Trainer:
             self._write_resolved_profile()
 
     def _write_resolved_profile(self) -> None:
+        """The recipe written out, with the run-time micro-batch split (after OOM recovery) in `train`."""
         if self.is_main:
-            save_profile(
-                self.profile,
+            data = self.profile.to_yaml_dict()
+            state = getattr(self, "state", None)
+            if state is not None:
+                data["train"].update(batch_size=state.micro_batch, grad_accum=state.grad_accum)
+            save_profile_data(
+                data,
                 self.run_dir / "profile.resolved.yaml",
                 header="The profile this run actually used (overrides and run-time changes applied).\n"
                 f"Rerun: lora3d train {self.run_dir / 'profile.resolved.yaml'} --out NEW_DIR",
             )
 
     def _setup_model(self) -> nn.Module:
-        model = self.family.build_model(self.profile)
-        model = self.family.inject_lora(model, self.profile)
+        model = self.family.build_model(self.recipe)
+        model = apply_lora_spec(model, self.recipe.lora)
         if self.profile.train.gradient_checkpointing:
             self.family.set_gradient_checkpointing(model, True)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -201,7 +219,7 @@ class Trainer:
         return model
 
     def _setup_data(self):
-        train_ds, val_ds = self.family.build_datasets(self.profile)
+        train_ds, val_ds = self.family.build_datasets(self.recipe)
         if len(train_ds) == 0:
             raise DataError(f"{self.profile.data.root or 'built-in data'}: the training split is empty. Add scenes.")
         return train_ds, val_ds
@@ -227,8 +245,15 @@ class Trainer:
         from accelerate.utils import set_seed
 
         set_seed(profile.train.seed)
+        for note in self.recipe.notes:
+            self.events_emit("info", message=note)
+        if self.prepare is not None and self.is_main:
+            self.prepare(self.recipe, lambda message: self.events_emit("info", message=message))
+        self.accelerator.wait_for_everyone()
         self.events_emit("info", message=f"building the {profile.model.family} model and loading its base weights")
         self.model = self._setup_model()
+        for note in getattr(self.model, "lora3d_notes", []):
+            self.events_emit("warning", message=note)
         self.events_emit("info", message="loading data")
         self.train_ds, self.val_ds = self._setup_data()
 
@@ -245,7 +270,7 @@ class Trainer:
         self.steps_per_epoch = batching.steps_per_epoch(len(self.train_ds), samples_per_step)
         self.total_steps = profile.train.max_steps or (profile.train.epochs or 1) * self.steps_per_epoch
         self.optimizer, self.scheduler = self._setup_optimizer(self.model)
-        self.identity = model_identity(self.model, profile, self.train_ds)
+        self.identity = run_identity(self.recipe, self.model, self.train_ds)
         resumed_from = self._maybe_resume()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -392,7 +417,7 @@ class Trainer:
                 self.hooks.before_micro_batch(self, micro_batches[i])
             from accelerate.utils import send_to_device
 
-            seeds = batching.sample_seeds(micro_batches[i], self.profile.train.seed, self.state.epoch)
+            seeds = seeding.sample_seeds(micro_batches[i], self.profile.train.seed, self.state.epoch)
             if isinstance(batch, dict):
                 batch["sample_seeds"] = seeds
             batch = send_to_device(batch, self.accelerator.device)
@@ -400,8 +425,8 @@ class Trainer:
             # The global RNG (dropout, PTv3's order shuffle) is seeded from this micro-batch's samples, so a
             # micro-batch computes the same on any process: N processes match N-step accumulation.
             with sync, torch.random.fork_rng(devices=self._rng_devices), self.accelerator.autocast():
-                torch.manual_seed(batching.combine_seeds(seeds))
-                out = self.family.training_step(model, batch, self.profile)
+                torch.manual_seed(seeding.combine_seeds(seeds))
+                out = self.recipe.task.loss(model, batch)
                 self.accelerator.backward(out.loss / n)
             loss_sum += out.loss.detach().float()
             samples += out.num_samples
@@ -418,12 +443,10 @@ class Trainer:
         if state.micro_batch == 1:
             from engine.memory.oom import levers_message
 
-            raise HardwareError(levers_message(self.profile, self.family)) from None
+            raise HardwareError(levers_message(self.recipe)) from None
         old = (state.micro_batch, state.grad_accum)
         state.micro_batch //= 2
         state.grad_accum *= 2
-        self.profile.train.batch_size = state.micro_batch
-        self.profile.train.grad_accum = state.grad_accum
         self._write_resolved_profile()
         msg = (
             f"out of memory at micro-batch {old[0]}: retrying step {state.step + 1} with micro-batch "
@@ -465,7 +488,7 @@ class Trainer:
         warning = self.watchdog.check(loss, state.step + 1)  # raises on NaN/inf before any update
         if warning:
             self.events_emit("warning", message=warning, step=state.step + 1)
-        if first_step:
+        if first_step and self.recipe.lora.method == "lora":  # the guard is about adapted modules
             check_gradient_flow(self.accelerator.unwrap_model(self.model))
         grad_norm = None
         if self.profile.train.max_grad_norm is not None:
@@ -511,7 +534,7 @@ class Trainer:
             return {}
         model = self.accelerator.unwrap_model(self.model)
         indices = list(range(len(self.val_ds)))
-        micro = self.profile.train.batch_size
+        micro = self.state.micro_batch
         batches = [indices[i : i + micro] for i in range(0, len(indices), micro)]
         if hasattr(self.val_ds, "set_epoch"):
             self.val_ds.set_epoch(0)
@@ -522,7 +545,7 @@ class Trainer:
         model.eval()
         # Evaluation must not move the training RNG, or runs with and without eval would differ.
         with torch.random.fork_rng(devices=[]), torch.no_grad(), self.accelerator.autocast():
-            metrics = self.family.evaluate(model, (send_to_device(b, self.accelerator.device) for b in loader), self.profile)
+            metrics = self.recipe.task.evaluate(model, (send_to_device(b, self.accelerator.device) for b in loader))
         model.train(was_training)
         return {k: float(v) for k, v in metrics.items()}
 
@@ -533,15 +556,16 @@ class Trainer:
         metrics = self._evaluate()
         if not metrics:
             return
-        primary = metrics.get(self.family.primary_metric)
+        task = self.recipe.task
+        primary = metrics.get(task.primary_metric)
         best = self.state.best_metric
         improved = primary is not None and (
-            best is None or (primary > best if self.family.greater_is_better else primary < best)
+            best is None or (primary > best if task.greater_is_better else primary < best)
         )
         if improved:
             self.state.best_metric, self.state.best_step = primary, self.state.step
             self._save_adapter(self.run_dir / "adapter-best")
-        self.events_emit("eval", step=self.state.step, metrics=metrics, primary=self.family.primary_metric,
+        self.events_emit("eval", step=self.state.step, metrics=metrics, primary=task.primary_metric,
                          best=self.state.best_metric, best_step=self.state.best_step, improved=improved)
         if self.profile.output.tensorboard:
             self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
@@ -611,7 +635,10 @@ class Trainer:
             # Staged whole, whatever the family writes next to the adapter (e.g. a segmentation head).
             with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as staging:
                 staged = Path(staging) / folder.name
-                self.family.save_adapter(model, staged, metadata)
+                if self.recipe.lora.method == "full":
+                    save_full_model(model, staged, metadata)
+                else:
+                    self.family.save_adapter(model, staged, metadata)
                 replace_folder(staged, folder)
         except OSError as exc:
             raise CheckpointError(
@@ -628,7 +655,7 @@ class Trainer:
             status = self._train()
             if status == "completed":
                 self._save_adapter(self.run_dir / "adapter")
-            metrics = {"best_" + self.family.primary_metric: self.state.best_metric} if self.state.best_metric is not None else {}
+            metrics = {"best_" + self.recipe.task.primary_metric: self.state.best_metric} if self.state.best_metric is not None else {}
             self.events_emit("end", status=status, step=self.state.step, final_loss=self.losses[-1] if self.losses else None,
                              best_metric=self.state.best_metric, best_step=self.state.best_step,
                              adapter=str(self.run_dir / "adapter") if status == "completed" else None)
@@ -655,6 +682,6 @@ class Trainer:
             self.events.close()
 
 
-def train(profile: Profile, run_dir: Path | None = None, resume: bool = False, **kwargs: Any) -> RunResult:
-    """Runs a training job described by `profile`; see Trainer."""
-    return Trainer(profile, run_dir=run_dir, resume=resume, **kwargs).run()
+def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, **kwargs: Any) -> RunResult:
+    """Runs a training job described by `recipe`; see Trainer."""
+    return Trainer(recipe, run_dir=run_dir, resume=resume, **kwargs).run()

@@ -59,7 +59,7 @@ CPU: dict[str, list[float]] = {"dashboard": [], "training": []}
 
 
 def run_dashboard(run_dir: Path, steps: int, size: tuple[int, int]) -> float:
-    from engine.memory.gpus import HardwareInfo
+    from engine.hardware import HardwareInfo
     from wizard.app import make_app
     from wizard.screens.dashboard import DashboardScreen
 

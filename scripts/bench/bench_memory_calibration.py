@@ -15,13 +15,13 @@ import sys
 from typing import Any
 
 from engine.memory.probe import Candidate, probe_candidate
-from engine.profile.load import validate_profile
+from engine.families.recipe import resolve_recipe
 
 GIB = 1024**3
 
 
 def scenesplat_profile(points: int, backbone: str = "demo-tiny") -> Any:
-    return validate_profile({
+    return resolve_recipe({
         "schema_version": 1,
         "model": {"family": "scenesplat", "backbone": backbone, "task": "semseg"},
         "data": {"synthetic_points": points, "point_budget": points, "augment": False, "synthetic_train": 2,
@@ -31,7 +31,7 @@ def scenesplat_profile(points: int, backbone: str = "demo-tiny") -> Any:
 
 
 def midi_profile(num_tokens: int, instances: int = 4) -> Any:
-    return validate_profile({
+    return resolve_recipe({
         "schema_version": 1,
         "model": {"family": "midi", "num_tokens": num_tokens, "num_instances_per_batch": instances},
         "data": {"synthetic_train_scenes": 2, "synthetic_val_scenes": 0},

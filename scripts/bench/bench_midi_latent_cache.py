@@ -25,15 +25,16 @@ except ImportError:  # run from a clone without `pip install -e .`
 
 import torch
 
+from engine.lora.inject import apply_lora_spec
 from engine.families.midi.data import synthetic_prepared_scenes
 from engine.families.midi.family import MidiFamily
 from engine.families.midi.task import flow_loss
 from engine.models.dit.pipeline import build_tiny_pipeline
-from engine.profile.load import validate_profile
+from engine.families.recipe import resolve_recipe
 
 
 def _profile(pretrained: Path, data_root: Path, cache: Path, use_cache: bool, args) -> object:
-    return validate_profile({
+    return resolve_recipe({
         "schema_version": 1,
         "model": {"family": "midi", "task": "flow", "pretrained": str(pretrained), "num_tokens": args.num_tokens,
                   "num_instances_per_batch": args.slots},
@@ -44,22 +45,22 @@ def _profile(pretrained: Path, data_root: Path, cache: Path, use_cache: bool, ar
     })
 
 
-def _epoch(profile, device: str) -> dict[str, float]:
+def _epoch(recipe, device: str) -> dict[str, float]:
     family = MidiFamily()
-    model = family.inject_lora(family.build_model(profile), profile).to(device)
+    model = apply_lora_spec(family.build_model(recipe), recipe.lora).to(device)
     t0 = time.perf_counter()
-    train, _ = family.build_datasets(profile)
+    train, _ = family.build_datasets(recipe)
     fill = time.perf_counter() - t0
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     torch.manual_seed(0)
-    micro = profile.train.batch_size
+    micro = recipe.profile.train.batch_size
     first_loss = None
     t0 = time.perf_counter()
     for start in range(0, len(train) - micro + 1, micro):
         batch = family.collate([train[i] for i in range(start, start + micro)])
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        loss, _ = flow_loss(model, batch, profile.model.num_tokens, 0.1, 0.0, 1.0)
+        loss, _ = flow_loss(model, batch, recipe.profile.model.num_tokens, 0.1, 0.0, 1.0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ def _loader(root: Path, workers: int, batch_size: int, grid_size: float):
 def _tiny_lora_model(seed: int):
     import torch
 
-    from engine.families.scenesplat.family import DEMO_TINY_CONFIG
+    from engine.families.scenesplat.options import DEMO_TINY_CONFIG
     from engine.lora import inject_lora_to_ptv3, mark_only_lora_as_trainable
     from engine.models.ptv3 import PTv3Segmentor
 

@@ -1,6 +1,6 @@
 """Provides a benchmark of the engine Trainer's per-step overhead vs a bare PyTorch loop on the same model and data.
 
-Both sides build the model, LoRA and data through the scenesplat family from one profile (the demo's
+Both sides build the model, LoRA and data through the scenesplat family from one recipe (the demo's
 tiny PTv3 with random weights, synthetic rooms, no augmentation, no evaluation) and do the same maths
 per step: forward, loss, backward, gradient clipping, AdamW step. The Trainer adds its bookkeeping
 (a DataLoader per step, per-sample seeds, accelerate's autocast and backward, the loss watchdog, the
@@ -33,9 +33,9 @@ GOAL_TRAINER_OVER_BARE = 1.10
 
 
 def _profile(points: int, steps: int, rooms: int, run_dir: Path) -> Any:
-    from engine.profile.load import validate_profile
+    from engine.families.recipe import resolve_recipe
 
-    return validate_profile({
+    return resolve_recipe({
         "schema_version": 1,
         "name": "bench-train-step",
         "model": {"family": "scenesplat", "task": "semseg", "backbone": "demo-tiny"},
@@ -47,29 +47,29 @@ def _profile(points: int, steps: int, rooms: int, run_dir: Path) -> Any:
     })
 
 
-def _bare_round(profile: Any) -> tuple[list[float], list[float]]:
+def _bare_round(recipe: Any) -> tuple[list[float], list[float]]:
     """Step times of a plain loop: the family's model, data and loss, nothing else."""
     import torch
 
-    from engine.families.registry import get_family
+    from engine.lora.inject import apply_lora_spec
     from engine.train import batching
 
-    torch.manual_seed(profile.train.seed)
-    family = get_family("scenesplat")
-    model = family.inject_lora(family.build_model(profile), profile).train()
-    train_ds, _ = family.build_datasets(profile)
+    torch.manual_seed(recipe.profile.train.seed)
+    family = recipe.family
+    model = apply_lora_spec(family.build_model(recipe), recipe.lora).train()
+    train_ds, _ = family.build_datasets(recipe)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=profile.train.lr, weight_decay=profile.train.weight_decay)
-    perm = batching.epoch_permutation(len(train_ds), profile.train.seed, 0)
-    b = profile.train.batch_size
+    optimizer = torch.optim.AdamW(params, lr=recipe.profile.train.lr, weight_decay=recipe.profile.train.weight_decay)
+    perm = batching.epoch_permutation(len(train_ds), recipe.profile.train.seed, 0)
+    b = recipe.profile.train.batch_size
     times, cpu = [], []
-    for step in range(profile.train.max_steps):
+    for step in range(recipe.profile.train.max_steps):
         t0, c0 = time.perf_counter(), time.process_time()
         start = (step * b) % len(perm)
         batch = family.collate([train_ds[i] for i in perm[start : start + b]])
-        loss = family.training_step(model, batch, profile).loss
+        loss = recipe.task.loss(model, batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, profile.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, recipe.profile.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
@@ -77,13 +77,13 @@ def _bare_round(profile: Any) -> tuple[list[float], list[float]]:
     return times[1:], cpu[1:]
 
 
-def _trainer_round(profile: Any) -> tuple[list[float], list[float]]:
+def _trainer_round(recipe: Any) -> tuple[list[float], list[float]]:
     """Step times of the engine Trainer: intervals between consecutive `after_step` calls."""
     from engine.train.trainer import Trainer, TrainerHooks
 
     stamps: list[tuple[float, float]] = []
     hooks = TrainerHooks(after_step=lambda _trainer: stamps.append((time.perf_counter(), time.process_time())))
-    result = Trainer(profile, hooks=hooks, install_signal_handlers=False).run()
+    result = Trainer(recipe, hooks=hooks, install_signal_handlers=False).run()
     if result.status != "completed":
         raise RuntimeError(f"trainer round ended {result.status}")
     pairs = list(zip(stamps, stamps[1:], strict=False))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.launch import launch_command
-from engine.profile import validate_profile
+from engine.families.recipe import resolve_recipe
 from engine.train.events import read_events
 from tests.conftest import REPO, toy_profile_dict
 
@@ -21,8 +21,8 @@ def _env():
 
 
 def test_launch_command_composition(tmp_path):
-    profile = validate_profile(toy_profile_dict(tmp_path, launch={"num_processes": 8, "num_machines": 2,
-                                                                  "main_process_ip": "10.1.2.3"}))
+    profile = resolve_recipe(toy_profile_dict(tmp_path, launch={"num_processes": 8, "num_machines": 2,
+                                                                  "main_process_ip": "10.1.2.3"})).profile
     cmd = launch_command(profile, "p.yaml", ["lora.r=8"], out="runs/x", resume=True)
     joined = " ".join(cmd)
     assert "--num_processes 8 --num_machines 2 --machine_rank 0" in joined

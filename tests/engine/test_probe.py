@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.memory.gpus import probe_hardware
+from engine.hardware import probe_hardware
 from engine.memory.tiers import GIB, recommend_tier, tier_for_memory
 from tests.conftest import REPO
 
@@ -115,14 +115,15 @@ def test_probe_json_cli_on_this_machine():
 
 
 def test_fingerprint_and_smaller_card_warning(tmp_path):
-    from engine.profile import validate_profile
-    from engine.profile.fingerprint import check_hardware, hardware_fingerprint
+    from engine.families.recipe import resolve_recipe
+    from engine.memory.fingerprint import check_hardware, hardware_fingerprint
     from tests.conftest import toy_profile_dict
 
     big = probe_hardware(FakeNvml([("RTX 4090 24GB", CARDS["RTX 4090 24GB"], "GPU-a")]))
     small = probe_hardware(FakeNvml([("RTX 3060 12GB", CARDS["RTX 3060 12GB"], "GPU-b")]))
-    profile = validate_profile(toy_profile_dict(tmp_path, train={"batch_size": 8, "grad_accum": 1}))
-    profile.hardware = hardware_fingerprint(big)
+    data = toy_profile_dict(tmp_path, train={"batch_size": 8, "grad_accum": 1})
+    data["hardware"] = hardware_fingerprint(big).model_dump(mode="json")
+    profile = resolve_recipe(data).profile
     assert profile.hardware.tier == "24GB+" and profile.hardware.gpu_total_gb == 24.0
     assert check_hardware(profile, big) == []
     (warning,) = check_hardware(profile, small)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ProfileError
-from engine.profile import load_profile, validate_profile
+from engine.families.recipe import load_recipe, resolve_recipe
 from engine.profile.load import apply_overrides, parse_overrides, read_yaml
 from tests.conftest import REPO, toy_profile_dict
 
@@ -48,7 +48,7 @@ def _mutate(base, mutation):
 def test_malformed_profile_message(tmp_path, mutation, fragments):
     data = _mutate(toy_profile_dict(tmp_path), mutation)
     with pytest.raises(ProfileError) as info:
-        validate_profile(data, source="p.yaml")
+        resolve_recipe(data, source="p.yaml")
     message = str(info.value)
     assert message.startswith("p.yaml: ")
     for fragment in fragments:
@@ -58,7 +58,7 @@ def test_malformed_profile_message(tmp_path, mutation, fragments):
 def test_all_errors_reported_together(tmp_path):
     data = _mutate(toy_profile_dict(tmp_path), {"lora": {"r": 0, "rnak": 2}, "train": {"lr": "x"}})
     with pytest.raises(ProfileError) as info:
-        validate_profile(data, source="p.yaml")
+        resolve_recipe(data, source="p.yaml")
     lines = str(info.value).splitlines()
     assert len(lines) == 3
     assert all(line.startswith("p.yaml: ") for line in lines)
@@ -79,7 +79,7 @@ def test_bad_yaml_files(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ProfileError) as info:
-        load_profile(path)
+        load_recipe(path)
     assert fragment in str(info.value)
     assert str(path) in str(info.value)
 
@@ -102,14 +102,14 @@ def test_overrides_parse_types():
 
 def test_override_applies_and_validates(tmp_path, write_profile):
     path = write_profile(toy_profile_dict(tmp_path))
-    profile = load_profile(path, ["lora.r=16", "train.lr=3e-4", "lora_training.pretrained_path=" + str(path)])
+    profile = load_recipe(path, ["lora.r=16", "train.lr=3e-4", "lora_training.pretrained_path=" + str(path)]).profile
     assert profile.lora.r == 16
     assert profile.train.lr == pytest.approx(3e-4)
     assert profile.model.pretrained == path
     with pytest.raises(ProfileError, match="unknown key `lora.rank_`"):
-        load_profile(path, ["lora.rank_=3"])
+        load_recipe(path, ["lora.rank_=3"])
     with pytest.raises(ProfileError, match="expected KEY=VALUE"):
-        load_profile(path, ["lora.r"])
+        load_recipe(path, ["lora.r"])
 
 
 def test_apply_overrides_does_not_touch_input():
@@ -120,8 +120,8 @@ def test_apply_overrides_does_not_touch_input():
 
 
 def test_effective_batch(tmp_path):
-    profile = validate_profile(_mutate(toy_profile_dict(tmp_path), {"train": {"batch_size": 3, "grad_accum": 4},
-                                                                    "launch": {"num_processes": 2}}))
+    profile = resolve_recipe(_mutate(toy_profile_dict(tmp_path), {"train": {"batch_size": 3, "grad_accum": 4},
+                                                                    "launch": {"num_processes": 2}})).profile
     assert profile.effective_batch == 24
 
 
@@ -139,11 +139,11 @@ def test_every_schema_key_is_documented():
 def test_unquoted_no_is_mixed_precision_no(tmp_path, write_profile):
     data = toy_profile_dict(tmp_path)
     path = write_profile(data)
-    profile = load_profile(path, ["train.mixed_precision=no"])
+    profile = load_recipe(path, ["train.mixed_precision=no"]).profile
     assert profile.train.mixed_precision == "no"
     text = path.read_text().replace("train:\n", "train:\n  mixed_precision: no\n", 1)
     path.write_text(text)
-    assert load_profile(path).train.mixed_precision == "no"
+    assert load_recipe(path).profile.train.mixed_precision == "no"
 
 
 def test_repeated_set_flags_accumulate(tmp_path, write_profile):

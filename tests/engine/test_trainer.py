@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import CheckpointError, HardwareError, ProfileError
-from engine.profile import validate_profile
+from engine.families.recipe import resolve_recipe
 from engine.train import checkpoint as ckpt_mod
 from engine.train.checkpoint import list_checkpoints
 from engine.train.events import read_events
@@ -26,7 +26,7 @@ from tests.conftest import REPO, toy_profile_dict
 def _profile(tmp_path, name="run", **sections):
     data = toy_profile_dict(tmp_path, **sections)
     data["output"]["dir"] = str(tmp_path / name)
-    return validate_profile(data)
+    return resolve_recipe(data)
 
 
 def _lora_weights(run_dir):

@@ -1,10 +1,10 @@
-"""Profiles of both families for the memory planner's tests (validated, nothing built)."""
+"""Profiles of both families for the memory planner's tests (resolved recipes, nothing built)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.profile.load import validate_profile
+from engine.families.recipe import resolve_recipe
 
 
 def scenesplat_profile(points: int = 50_000, **sections: Any) -> Any:
@@ -16,7 +16,7 @@ def scenesplat_profile(points: int = 50_000, **sections: Any) -> Any:
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
-    return validate_profile(data)
+    return resolve_recipe(data)
 
 
 def midi_profile(num_tokens: int = 2048, instances: int = 4, **sections: Any) -> Any:
@@ -27,4 +27,4 @@ def midi_profile(num_tokens: int = 2048, instances: int = 4, **sections: Any) ->
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
-    return validate_profile(data)
+    return resolve_recipe(data)

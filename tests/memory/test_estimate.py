@@ -7,8 +7,9 @@ import torch
 
 from engine.families.midi.memory import dit_params
 from engine.families.scenesplat.memory import describe_memory as describe_ptv3
-from engine.memory.estimate import BREAKDOWN_KEYS, estimate_description, estimate_profile
-from engine.profile.schema import HardwareSection
+from engine.lora.inject import apply_lora_spec
+from engine.memory.estimate import BREAKDOWN_KEYS, estimate_description
+from engine.memory.estimate import estimate_recipe as estimate_profile
 from tests.memory.profiles import midi_profile, scenesplat_profile
 
 
@@ -24,11 +25,8 @@ def _counts(model: torch.nn.Module) -> tuple[int, int]:
     {"target_modules": ["attn", "mlp"], "encoder_only": False, "r": 4, "enable_prompt": True},
 ])
 def test_ptv3_counts_equal_the_injected_tiny_model(lora):
-    from engine.families.registry import get_family
-
     profile = scenesplat_profile(6000, model={"backbone": "demo-tiny"}, lora=lora)
-    family = get_family("scenesplat")
-    model = family.inject_lora(family.build_model(profile), profile)
+    model = apply_lora_spec(profile.family.build_model(profile), profile.lora)
     frozen, trainable = _counts(model)
     desc = describe_ptv3(profile)
     assert desc.frozen_params == frozen
@@ -37,12 +35,11 @@ def test_ptv3_counts_equal_the_injected_tiny_model(lora):
 
 @pytest.mark.parametrize("backbone", ["scenesplat", "pointcept"])
 def test_ptv3_full_size_count_equals_the_meta_model(backbone):
-    from engine.families.scenesplat.family import backbone_config
     from engine.models.ptv3 import PointTransformerV3
 
     profile = scenesplat_profile(model={"backbone": backbone})
     with torch.device("meta"):
-        backbone_model = PointTransformerV3(**backbone_config(profile))
+        backbone_model = PointTransformerV3(**profile.options.backbone)
     desc = describe_ptv3(profile)
     # The segmentation head trains (`model.train_head`), so the frozen part is exactly the backbone.
     assert desc.frozen_params == sum(p.numel() for p in backbone_model.parameters())
@@ -75,11 +72,9 @@ def test_dit_full_size_matches_the_published_size():
                                   {"target_modules": ["to_q", "to_out.0"], "attention_kinds": ["cross"]}])
 def test_dit_lora_count_equals_the_injected_tiny_model(lora):
     from engine.families.midi.memory import describe_memory
-    from engine.families.registry import get_family
 
     profile = midi_profile(64, 2, lora=lora, model={"mi_blocks": [1]})
-    family = get_family("midi")
-    model = family.inject_lora(family.build_model(profile), profile)
+    model = apply_lora_spec(profile.family.build_model(profile), profile.lora)
     _, trainable = _counts(model)
     assert describe_memory(profile).lora_params == trainable
 
@@ -138,16 +133,15 @@ def test_tokens_follow_the_profile():
 def test_measured_correction_scales_the_model_part():
     profile = midi_profile()
     plain = estimate_profile(profile, device="cuda")
-    profile.hardware = HardwareSection(cpu_mode=False)
-    profile.hardware.measured = {"family": "midi", "device": "cuda", "correction": 1.5}
-    corrected = estimate_profile(profile, device="cuda")
+    measured = {"cpu_mode": False, "measured": {"family": "midi", "device": "cuda", "correction": 1.5}}
+    corrected = estimate_profile(midi_profile(hardware=measured), device="cuda")
     model_part = plain.expected_bytes - plain.breakdown["overhead"]
     assert corrected.correction == 1.5
     assert corrected.breakdown["activations"] == pytest.approx(1.5 * plain.breakdown["activations"], rel=1e-6)
     assert corrected.expected_bytes - corrected.breakdown["overhead"] == pytest.approx(1.5 * model_part, rel=1e-6)
     # Another family's or device's factor is ignored.
-    profile.hardware.measured = {"family": "scenesplat", "device": "cuda", "correction": 1.5}
-    assert estimate_profile(profile, device="cuda").expected_bytes == plain.expected_bytes
+    other = {"cpu_mode": False, "measured": {"family": "scenesplat", "device": "cuda", "correction": 1.5}}
+    assert estimate_profile(midi_profile(hardware=other), device="cuda").expected_bytes == plain.expected_bytes
 
 
 def test_explicit_rank_rescales_without_redescribing():

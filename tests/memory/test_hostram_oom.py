@@ -33,8 +33,8 @@ def test_midi_latent_cache_size_is_reported():
 
 def test_check_host_ram_warns_with_a_fix_only_when_short():
     profile = scenesplat_profile(192_000, data={"num_workers": 16}, train={"batch_size": 8, "grad_accum": 1})
-    assert check_host_ram(profile, None, fake_hardware(24, host_ram_gb=512)) == []
-    warnings = check_host_ram(profile, None, fake_hardware(24, host_ram_gb=4))
+    assert check_host_ram(profile, fake_hardware(24, host_ram_gb=512)) == []
+    warnings = check_host_ram(profile, fake_hardware(24, host_ram_gb=4))
     assert len(warnings) == 1
     assert warnings[0].startswith("host RAM: this run needs about") and "`data.num_workers`" in warnings[0]
     assert "of the 4.0 GB here" in warnings[0]
@@ -46,7 +46,7 @@ def _estimates(message: str) -> list[float]:
 
 def test_levers_in_order_each_with_a_lower_estimate():
     profile = scenesplat_profile(100_000, lora={"r": 16}, train={"batch_size": 1, "grad_accum": 1})
-    message = levers_message(profile, None)
+    message = levers_message(profile)
     order = ["`train.gradient_checkpointing=true`", "`lora.r=8`", "`train.mixed_precision=bf16`",
              "`data.point_budget=50000`"]
     positions = [message.index(item) for item in order]
@@ -59,7 +59,7 @@ def test_levers_in_order_each_with_a_lower_estimate():
 def test_levers_skip_what_is_already_pulled_and_name_midi_instances():
     profile = midi_profile(2048, 8, lora={"r": 4}, train={"batch_size": 1, "grad_accum": 1,
                                                           "gradient_checkpointing": True, "mixed_precision": "bf16"})
-    message = levers_message(profile, None)
+    message = levers_message(profile)
     assert "gradient_checkpointing" not in message and "lora.r=" not in message and "mixed_precision" not in message
     assert "1. half the instances per scene: `model.num_instances_per_batch=4`" in message
     assert len(_estimates(message)) == 1

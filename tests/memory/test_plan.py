@@ -6,20 +6,19 @@ import time
 
 import pytest
 
-from engine.memory.estimate import GIB, estimate_profile
-from engine.memory.plan import fake_hardware, plan_profile
+from engine.memory.estimate import GIB
+from engine.memory.estimate import estimate_recipe as estimate_profile
+from engine.memory.plan import fake_hardware
+from engine.memory.plan import plan_recipe as plan_profile
 from engine.memory.tiers import tier_for_memory
 from tests.memory.profiles import midi_profile, scenesplat_profile
 
 
-def _apply(profile, rec):
-    trial = profile.model_copy(deep=True)
-    trial.lora.r = rec.rank
-    trial.train.batch_size = rec.micro_batch
-    trial.train.grad_accum = rec.grad_accum
-    trial.train.gradient_checkpointing = rec.gradient_checkpointing
-    trial.train.mixed_precision = rec.precision
-    return trial
+def _apply(recipe, rec):
+    return recipe.with_overrides({"lora.r": rec.rank, "train.batch_size": rec.micro_batch,
+                                  "train.grad_accum": rec.grad_accum,
+                                  "train.gradient_checkpointing": rec.gradient_checkpointing,
+                                  "train.mixed_precision": rec.precision})
 
 
 PROFILES = {
@@ -41,7 +40,7 @@ def test_recommendation_follows_tier_fits_and_keeps_effective_batch(name, gb):
     tier = tier_for_memory(hardware.gpus[0].total_bytes)
     assert rec.tier == tier.tier
     # Effective batch preserved in every recommendation.
-    assert rec.micro_batch * rec.grad_accum * profile.launch.num_processes == profile.effective_batch
+    assert rec.micro_batch * rec.grad_accum * profile.profile.launch.num_processes == profile.profile.effective_batch
     # Never above the tier's rank and batch; the tier's checkpointing is kept when it asks for it.
     assert 4 <= rec.rank <= tier.rank
     assert rec.micro_batch <= tier.batch_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -12,12 +14,24 @@ from engine.families.registry import register_family
 from engine.train.checkpoint import list_checkpoints
 from engine.train.events import read_events
 from tests.conftest import toy_profile_dict
-from tests.toy_family import ToyFamily, ToyModelOptions
+from tests.toy_family import ToyFamily, ToyModelOptions, ToyTask
 
 
 class SpikyModelOptions(ToyModelOptions):
     spike_at_step: int | None = None
     """Test seam: the loss of this one training step is multiplied by 1000."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikyTask(ToyTask):
+    spike_at_step: int | None = None
+
+    def loss(self, model, batch) -> StepOutput:
+        out = super().loss(model, batch)
+        step = (model.calls - 1) // self.grad_accum + 1
+        if self.spike_at_step is not None and step == self.spike_at_step:
+            out.loss = out.loss * 1000.0
+        return out
 
 
 @register_family
@@ -27,12 +41,10 @@ class SpikyToyFamily(ToyFamily):
     name = "toy-spiky"
     model_options = SpikyModelOptions
 
-    def training_step(self, model, batch, profile) -> StepOutput:
-        out = super().training_step(model, batch, profile)
-        step = (model.calls - 1) // profile.train.grad_accum + 1
-        if profile.model.spike_at_step is not None and step == profile.model.spike_at_step:
-            out.loss = out.loss * 1000.0
-        return out
+    def build_recipe(self, profile, notes, source):
+        recipe = super().build_recipe(profile, notes, source)
+        task = SpikyTask(recipe.task.nan_at_step, recipe.task.grad_accum, spike_at_step=profile.model.spike_at_step)
+        return dataclasses.replace(recipe, task=task)
 
 
 def _write(tmp_path, family="toy", **sections):

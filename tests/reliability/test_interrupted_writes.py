@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.profile import validate_profile
+from engine.families.recipe import resolve_recipe
 from engine.train import checkpoint as ckpt_mod
 from engine.train.checkpoint import list_checkpoints
 from engine.train.events import read_events
@@ -33,7 +33,7 @@ def _half_rmtree(path, ignore_errors=False):
 
 def _profile(tmp_path, **train):
     data = toy_profile_dict(tmp_path, train={"max_steps": 6, "checkpoint_every": 1, "keep_last": 2, **train})
-    return validate_profile(data)
+    return resolve_recipe(data)
 
 
 def _step_folders(root):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ProfileError
-from engine.profile import load_profile
+from engine.families.recipe import load_recipe
 from tests.conftest import REPO, toy_profile_dict
 
 SHIPPED = sorted((REPO / "profiles").rglob("*.yaml"))
@@ -52,7 +52,7 @@ def _check_text(text: str | bytes, overrides: list[str] | None = None) -> None:
     else:
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
     try:
-        profile = load_profile(path, overrides)
+        profile = load_recipe(path, overrides).profile
     except ProfileError as exc:
         message = str(exc)
         assert message.strip(), "a ProfileError without a message"

@@ -19,7 +19,7 @@ from engine.families.midi.prepare import prepare_dataset
 from engine.families.scenesplat.data import load_scene
 from engine.lora.adapter_io import read_lora_checkpoint
 from engine.models.ptv3.checkpoint import load_ptv3_state_dict
-from engine.profile import load_profile, validate_profile
+from engine.families.recipe import load_recipe, resolve_recipe
 from engine.train.trainer import train
 from tests.conftest import toy_profile_dict
 
@@ -133,7 +133,7 @@ def test_yaml_python_tags_are_refused(tmp_path, marker, tag):
     path = tmp_path / "evil.yaml"
     path.write_text(text)
     with pytest.raises(ProfileError) as info:
-        load_profile(path)
+        load_recipe(path)
     assert str(path) in str(info.value) and "invalid YAML" in str(info.value)
 
 
@@ -163,7 +163,7 @@ def _scan_run(run: Path) -> list[Path]:
 def test_toy_run_writes_no_pickles(tmp_path):
     data = toy_profile_dict(tmp_path, train={"max_steps": 3, "checkpoint_every": 1, "eval_every": 1})
     data["output"]["tensorboard"] = True
-    train(validate_profile(data))
+    train(resolve_recipe(data))
     files = _scan_run(tmp_path / "run")
     names = {p.name for p in files}
     assert {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "checkpoint.json",
@@ -182,6 +182,6 @@ def test_scenesplat_run_writes_no_pickles(tmp_path):
     spec.loader.exec_module(soak)  # registered first: its dataclasses look their module up
     data = soak.scenesplat_profile(tmp_path / "run", max_steps=2)
     data["output"]["tensorboard"] = True
-    train(validate_profile(data))
+    train(resolve_recipe(data))
     names = {p.name for p in _scan_run(tmp_path / "run")}
     assert "adapter_model.safetensors" in names

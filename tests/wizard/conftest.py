@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.memory.gpus import GpuInfo, HardwareInfo
+from engine.hardware import GpuInfo, HardwareInfo
 from engine.memory.tiers import GIB
 from wizard.draft import REPO_ROOT  # noqa: F401  (re-exported for tests)
 

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 from engine.memory.tiers import GIB, recommend_tier
 
 

@@ -9,7 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"MidiDataOptions": "family", "MidiFamily": "family", "MidiModelOptions": "family"}
+from engine.families.entry import CliCommand, FamilyEntry
+from engine.families.midi.commands import infer_arguments, prepare_mesh_arguments
+
+ENTRY = FamilyEntry(
+    name="midi",
+    label="MIDI-3D: rectified-flow DiT (TripoSG) for multi-instance 3D scenes",
+    family="engine.families.midi.family:MidiFamily",
+    commands=(
+        CliCommand("prepare-mesh", "turn folders of meshes into MIDI training data", prepare_mesh_arguments,
+                   "engine.families.midi.commands:cmd_prepare_mesh"),
+        CliCommand("infer", "generate a 3D scene (GLB/OBJ/PLY) from an image and a segmentation", infer_arguments,
+                   "engine.families.midi.commands:cmd_infer"),
+    ),
+    demo="engine.families.midi.demo:run_demo",
+)
+
+_EXPORTS = {"MidiDataOptions": "options", "MidiFamily": "family", "MidiModelOptions": "options",
+            "MidiLoraOptions": "options", "FlowTask": "task"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from engine.atomic import publish_folder
+from engine.cache import cache_root
 from engine.errors import DataError
 from engine.families.midi.latents import (
     ConditionCache,
     FrozenParts,
     PosteriorCache,
-    default_cache_dir,
     scene_condition_inputs,
     scene_surfaces,
 )
@@ -208,7 +208,7 @@ def synthetic_prepared_scenes(
     from engine.families.midi.prepare import prepare_dataset
     from engine.families.midi.synthetic import write_synthetic_raw_scenes
 
-    base = Path(root) if root is not None else default_cache_dir() / "midi-synthetic"
+    base = Path(root) if root is not None else cache_root() / "midi-synthetic"
     folder = base / f"{domain}-seed{seed}-train{num_train}-val{num_val}-img{image_size}-pts{num_samples}"
     if not (folder / "DONE").is_file():
         tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")

@@ -42,18 +42,19 @@ _SIZES = {
 
 
 def _cache_root() -> Path:
-    from engine.families.midi.latents import default_cache_dir
+    from engine.cache import cache_root
 
-    return default_cache_dir()
+    return cache_root()
 
 
-def _profile(overrides: dict[str, Any]):
-    from engine.profile.load import apply_overrides, read_yaml, validate_profile
+def _recipe(overrides: dict[str, Any]):
+    from engine.families.recipe import resolve_recipe
+    from engine.profile import apply_overrides, read_yaml
 
     if not DEMO_PROFILE.is_file():
         raise ProfileError(f"{DEMO_PROFILE}: the demo profile is missing. Restore it from the repository (git checkout profiles/).")
     data = apply_overrides(read_yaml(DEMO_PROFILE), list(overrides.items()))
-    return validate_profile(data, source=str(DEMO_PROFILE))
+    return resolve_recipe(data, source=str(DEMO_PROFILE))
 
 
 def _demo_vae(tiny_vae: Path, quick: bool, seed: int, num_tokens: int, console: Console | None) -> Path:
@@ -92,7 +93,6 @@ def _demo_vae(tiny_vae: Path, quick: bool, seed: int, num_tokens: int, console: 
 def build_demo_base(quick: bool = False, seed: int = 0, console: Console | None = None) -> Path:
     """The demo's tiny base pipeline folder, built and pretrained on domain A once, then reused."""
     from engine.families.midi.data import MidiSceneDataset, collate_scenes, synthetic_prepared_scenes
-    from engine.families.midi.family import MidiFamily
     from engine.families.midi.task import flow_loss
     from engine.models.dit.pipeline import build_tiny_pipeline
 
@@ -103,15 +103,16 @@ def build_demo_base(quick: bool = False, seed: int = 0, console: Console | None 
     started = time.perf_counter()
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
     build_tiny_pipeline(tmp, seed=seed)
-    profile = _profile({"model.pretrained": str(tmp), "data.root": None})
+    recipe = _recipe({"model.pretrained": str(tmp), "data.root": None})
+    profile = recipe.profile
     vae = _demo_vae(tmp / "vae", quick, seed, profile.model.num_tokens, console)
     shutil.rmtree(tmp / "vae")
     shutil.copytree(vae, tmp / "vae")
     train, _ = synthetic_prepared_scenes("A", sizes["a_scenes"], 0, seed, sizes["image"], sizes["points"])
-    family = MidiFamily()
-    dit = family.build_model(profile)
-    dataset = MidiSceneDataset(train, profile.model.num_instances_per_batch, seed, family.load_frozen(profile),
-                               family.cache_dir(profile), profile.model.num_tokens, profile.data.num_samples)
+    family = recipe.family
+    dit = family.build_model(recipe)
+    dataset = MidiSceneDataset(train, profile.model.num_instances_per_batch, seed, family.load_frozen(recipe),
+                               recipe.options.cache_dir, profile.model.num_tokens, profile.data.num_samples)
     dit.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
     steps, batch_size = sizes["base_steps"], 4
@@ -139,33 +140,31 @@ def build_demo_base(quick: bool = False, seed: int = 0, console: Console | None 
     return folder
 
 
-def _score(profile, adapter: Path | None) -> dict[str, float]:
-    """Validation loss and Chamfer of the base (adapter None) or the adapted DiT on the profile's val split."""
-    from engine.families.midi.family import MidiFamily
-    from engine.families.midi.task import evaluate_scenes
+def _score(recipe, adapter: Path | None) -> dict[str, float]:
+    """Validation loss and Chamfer of the base (adapter None) or the adapted DiT on the recipe's val split."""
     from engine.lora import load_lora_checkpoint
 
-    family = MidiFamily()
-    model = family.build_model(profile)
+    family, profile = recipe.family, recipe.profile
+    model = family.build_model(recipe)
     if adapter is not None:
         load_lora_checkpoint(model, adapter)
     model.eval()
-    _, val = family.build_datasets(profile)
+    _, val = family.build_datasets(recipe)
     indices = list(range(len(val)))
     micro = profile.train.batch_size
     batches = (family.collate([val[i] for i in indices[s : s + micro]]) for s in range(0, len(indices), micro))
     with torch.random.fork_rng(devices=[]):
-        return evaluate_scenes(model, batches, profile, with_chamfer=True)
+        return recipe.task.evaluate(model, batches, with_chamfer=True)
 
 
-def _vae_reconstruction(profile, scenes: list[Path]) -> float:
+def _vae_reconstruction(recipe, scenes: list[Path]) -> float:
     """Chamfer to the ground truth of the frozen VAE's own reconstructions: the floor no generated scene can beat."""
     from engine.families.midi.demo_vae import reconstruction_chamfer
-    from engine.families.midi.family import MidiFamily
     from engine.families.midi.latents import scene_surfaces
     from engine.families.midi.scene_data import load_prepared_scene
 
-    vae = MidiFamily().load_frozen(profile).vae
+    profile = recipe.profile
+    vae = recipe.family.load_frozen(recipe).vae
     surfaces = torch.cat([scene_surfaces(load_prepared_scene(folder), None) for folder in scenes])
     return reconstruction_chamfer(vae, surfaces, profile.model.num_tokens, profile.data.eval_octree_resolution)
 
@@ -213,16 +212,17 @@ def _run_demo(out_dir: Path | None, console: Console, quick: bool, seed: int) ->
         "data.eval_octree_resolution": sizes["octree"], "data.eval_sample_steps": sizes["sample_steps"],
         "data.eval_chamfer_scenes": sizes["b_val"],
     }
-    profile = _profile(overrides)
+    recipe = _recipe(overrides)
+    profile = recipe.profile
     console.print(f"3/4 LoRA fine-tune on domain B: {sizes['lora_steps']} steps, rank {profile.lora.r}")
     t0 = time.perf_counter()
-    result = train(profile, install_signal_handlers=False)
+    result = train(recipe, install_signal_handlers=False)
     train_seconds = time.perf_counter() - t0
     adapter = run_dir / "adapter"
     console.print("4/4 base vs adapted on domain B's validation scenes")
-    base_metrics = _score(profile, None)
-    adapted_metrics = _score(profile, adapter)
-    recon_chamfer = _vae_reconstruction(profile, val_b[: sizes["b_val"]])
+    base_metrics = _score(recipe, None)
+    adapted_metrics = _score(recipe, adapter)
+    recon_chamfer = _vae_reconstruction(recipe, val_b[: sizes["b_val"]])
     glb = out / "result.glb"
     run_inference(base, adapter, val_b[0] / "image.png", val_b[0] / "seg.png", glb, steps=sizes["sample_steps"],
                   guidance_scale=3.0, seed=seed, octree_resolution=sizes["octree"], device="cpu",

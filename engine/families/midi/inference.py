@@ -231,8 +231,8 @@ def run_inference(
     Returns:
         The written scene file.
     """
-    from engine.families.midi.family import resolve_mi_blocks
     from engine.families.midi.latents import FrozenParts, encode_conditions
+    from engine.families.midi.options import resolve_mi_blocks
     from engine.families.midi.task import condition_kwargs, generate_latents
     from engine.models.dit.mesh import extract_mesh
     from engine.models.dit.pipeline import load_pipeline

@@ -37,7 +37,6 @@ __all__ = [
     "ConditionCache",
     "FrozenParts",
     "PosteriorCache",
-    "default_cache_dir",
     "encode_conditions",
     "encode_posterior",
     "module_fingerprint",
@@ -49,11 +48,6 @@ QUERY_SEED = 0
 """Seed of the VAE's 4T-candidate draw; fixed so that cached and on-the-fly posteriors agree."""
 
 _FINGERPRINT_ATTR = "_lora3d_fingerprint"
-
-
-def default_cache_dir() -> Path:
-    """`$LORA3D_CACHE` (default ~/.cache/lora3d)."""
-    return Path(os.environ.get("LORA3D_CACHE") or Path.home() / ".cache" / "lora3d")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from engine.families.base import MemoryDescription
+from engine.families.base import Lever, MemoryDescription
 
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 _PUBLISHED_FROZEN = {"vae": 242_000_000, "clip": 303_966_208, "dino": 305_171_456}
@@ -105,17 +105,10 @@ def _dit_config(profile: Any) -> tuple[dict[str, Any], str]:
     return merged, str(path)
 
 
-def _frozen_encoders(profile: Any, use_clip: bool) -> tuple[int, str]:
-    pretrained = profile.model.pretrained
-    if pretrained is None:
-        from engine.families.midi.latents import default_cache_dir
-
-        # NOTE: the folder name follows engine.families.midi.family.tiny_base_folder.
-        folder = default_cache_dir() / f"midi-tiny-random-{profile.model.tiny_seed}"
-        if not (folder / "model_index.json").is_file():
-            return _TINY_FROZEN, "tiny base not built yet: frozen encoders approximated"
-        pretrained = folder
-    root = Path(pretrained)
+def _frozen_encoders(recipe: Any, use_clip: bool) -> tuple[int, str]:
+    root = Path(recipe.options.pretrained)
+    if recipe.profile.model.pretrained is None and not (root / "model_index.json").is_file():
+        return _TINY_FROZEN, "tiny base not built yet: frozen encoders approximated"
     total = 0
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("transformer", "scheduler")) \
             if root.is_dir() else []:
@@ -150,11 +143,9 @@ def _block_layer(i: int, n: int, w: int, cross2: bool, seq: int, mi: bool, rank_
     }
 
 
-def describe_memory(profile: Any) -> MemoryDescription:
-    """The DiT description at the profile's settings (see the module docstring for assumptions)."""
-    from engine.families.midi.family import resolve_mi_blocks
-    from engine.lora.presets import DIT_PRESETS
-
+def describe_memory(recipe: Any) -> MemoryDescription:
+    """The DiT description at the recipe's settings (see the module docstring for assumptions)."""
+    profile = recipe.profile
     options, lora = profile.model, profile.lora
     config, config_source = _dit_config(profile)
     w, n, c = int(config["width"]), int(config["num_layers"]), int(config["in_channels"])
@@ -162,25 +153,16 @@ def describe_memory(profile: Any) -> MemoryDescription:
     d1 = int(config["cross_attention_dim"])
     d2 = int(config["cross_attention_2_dim"]) if cross2 else 0
 
-    # The LoRA settings the family's inject_lora resolves (preset, then explicit keys).
+    # The resolved LoRA keys (the preset is already applied to them).
     rank, dropout = lora.r, lora.dropout
     blocks = lora.target_blocks
-    kinds = ["self", "cross", "cross2"] if cross2 else ["self", "cross"]
-    if lora.preset in DIT_PRESETS:
-        preset = DIT_PRESETS[lora.preset]
-        explicit = lora.model_fields_set
-        rank = lora.r if "r" in explicit else preset.r
-        dropout = lora.dropout if "dropout" in explicit else preset.lora_dropout
-        blocks = lora.target_blocks if "target_blocks" in explicit else (list(preset.blocks) if preset.blocks else None)
-        kinds = [k for k in preset.attention_kinds if k in kinds]
-    if lora.attention_kinds is not None:
-        kinds = list(lora.attention_kinds)
+    kinds = list(recipe.options.attention_kinds)
     projections = set(lora.target_modules or ["to_q", "to_k", "to_v", "to_out.0"])
     adapted = set(range(n)) if blocks is None else {b for b in blocks if 0 <= b < n}
-    mi_blocks = set(resolve_mi_blocks(options.mi_blocks, n))
+    mi_blocks = set(recipe.options.mi_blocks)
 
     def targeted(kind: str) -> list[str]:
-        # NOTE: mirrors engine.families.midi.family._inject_dit_lora, which leaves out a MIDI model's
+        # NOTE: mirrors `DiTAttention(skip_single_key_queries=True)`, which leaves out a MIDI model's
         # CLIP cross-attention `to_q` (one key token: the query has no effect).
         names = sorted(p for p in projections if p in ("to_q", "to_k", "to_v", "to_out.0"))
         return [p for p in names if not (cross2 and kind == "cross" and p == "to_q")]
@@ -212,7 +194,7 @@ def describe_memory(profile: Any) -> MemoryDescription:
         counted = _folder_numel(Path(options.pretrained) / "transformer")
         if counted:
             dit_frozen, frozen_source = counted, f"DiT counted from {Path(options.pretrained) / 'transformer'}"
-    encoders, encoder_source = _frozen_encoders(profile, use_clip=cross2)
+    encoders, encoder_source = _frozen_encoders(recipe, use_clip=cross2)
     frozen_bytes = dit_frozen * _DTYPE_BYTES[options.dit_dtype] + encoders * _DTYPE_BYTES[options.frozen_dtype]
     lora_per_rank = per_block_rank * len(adapted)
     # Per latent token: posterior mean and log-variance, noise, noisy latent, target (fp32); per instance:
@@ -226,6 +208,7 @@ def describe_memory(profile: Any) -> MemoryDescription:
     ]
     if not profile.data.enable_latent_cache:
         notes.append("latent cache off: the VAE and encoders also run every step (not in this estimate)")
+    loader_bytes, cache_bytes = _host_bytes(recipe, k)
     return MemoryDescription(
         frozen_params=int(dit_frozen + encoders),
         lora_params=int(lora_per_rank * rank),
@@ -238,5 +221,28 @@ def describe_memory(profile: Any) -> MemoryDescription:
         input_bytes_per_token=float(input_bytes),
         index_bytes_per_token=0.0,
         activation_factor=_ACTIVATION_FACTOR,
+        loader_sample_bytes=float(loader_bytes),
+        disk_cache_bytes=cache_bytes,
+        disk_cache_dir=recipe.options.cache_dir,
+        lever=Lever("instances per scene", "model.num_instances_per_batch", max(1, k // 2)),
         notes=notes,
     )
+
+
+def _host_bytes(recipe: Any, k: int) -> tuple[int, int]:
+    """(one collated scene as the loader holds it, the latent cache on disk for every scene of the run)."""
+    profile = recipe.profile
+    posterior = 2 * 4 * 64 * profile.model.num_tokens  # cached posterior mean + log-variance per instance
+    per_instance = posterior if profile.data.enable_latent_cache else 6 * 4 * (profile.data.num_samples or 20480)
+    image = 3 * 4 * 512 * 512 * 3  # scene, instance and mask images at 512 px
+    loader = k * (per_instance + image)
+    if recipe.options.cache_dir is None:
+        return loader, 0
+    data = profile.data
+    scenes = data.synthetic_train_scenes + data.synthetic_val_scenes
+    if data.root is not None:
+        root = Path(data.root)
+        splits = [root / s for s in (data.train_split, data.val_split) if s and (root / s).is_dir()]
+        folders = splits or ([root] if root.is_dir() else [])
+        scenes = sum(1 for folder in folders for p in folder.iterdir() if p.is_dir())
+    return loader, scenes * k * posterior

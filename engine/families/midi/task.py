@@ -14,17 +14,21 @@ surface points (`val_chamfer`) and to the frozen VAE's reconstruction of the gro
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.families.base import StepOutput
 from engine.families.midi.latents import FrozenParts, encode_conditions, encode_posterior, sample_posterior
 from engine.models.dit.flow import RectifiedFlowScheduler, add_noise, flow_target, sample_logit_normal_sigmas
-from engine.train.batching import sample_generators
+from engine.seeding import sample_generators
 
 __all__ = [
+    "EvalSettings",
+    "FlowTask",
     "batch_conditions",
     "batch_posterior",
     "chamfer_distance",
@@ -292,33 +296,45 @@ def scene_chamfer(
     return to_gt, to_recon, found
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How MIDI validation runs: the loss's sigma grid, and the Chamfer generation of a few scenes."""
+
+    seed: int = 0
+    sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    chamfer_scenes: int = 2
+    sample_steps: int = 10
+    guidance_scale: float = 3.0
+    octree_resolution: int = 48
+
+
 @torch.no_grad()
-def evaluate_scenes(model: nn.Module, batches: Any, profile: Any, with_chamfer: bool) -> dict[str, float]:
+def evaluate_scenes(model: nn.Module, batches: Any, num_tokens: int, settings: EvalSettings,
+                    with_chamfer: bool) -> dict[str, float]:
     """Validation loss on the fixed sigma grid and, when asked, Chamfer distance of a few generated scenes."""
-    data, options = profile.data, profile.model
     total, count = 0.0, 0
     distances: list[float] = []
     recon_distances: list[float] = []
     found = 0
     scenes_done = 0
     for index, batch in enumerate(batches):
-        loss_sum, n = validation_loss(model, batch, options.num_tokens, list(data.eval_sigmas),
-                                      seed=profile.train.seed * 1_000_003 + index)
+        loss_sum, n = validation_loss(model, batch, num_tokens, list(settings.sigmas),
+                                      seed=settings.seed * 1_000_003 + index)
         total += loss_sum
         count += n
-        if not with_chamfer or scenes_done >= data.eval_chamfer_scenes:
+        if not with_chamfer or scenes_done >= settings.chamfer_scenes:
             continue
         clip, dino = batch_conditions(model, batch)
-        mean, _ = batch_posterior(model, batch, options.num_tokens)
+        mean, _ = batch_posterior(model, batch, num_tokens)
         slots = int(batch["num_instances_per_batch"])
         for scene, real in enumerate(batch["num_instances"].tolist()):
-            if scenes_done >= data.eval_chamfer_scenes:
+            if scenes_done >= settings.chamfer_scenes:
                 break
             rows = slice(scene * slots, scene * slots + real)
             d, r, f = scene_chamfer(
                 model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows], mean[rows],
-                options.num_tokens, data.eval_sample_steps, data.eval_guidance_scale, data.eval_octree_resolution,
-                seed=profile.train.seed + scenes_done,
+                num_tokens, settings.sample_steps, settings.guidance_scale, settings.octree_resolution,
+                seed=settings.seed + scenes_done,
             )
             distances.extend(d)
             recon_distances.extend(r)
@@ -330,3 +346,36 @@ def evaluate_scenes(model: nn.Module, batches: Any, profile: Any, with_chamfer: 
         metrics["val_chamfer_recon"] = float(np.mean(recon_distances))
         metrics["val_surface_found"] = found / len(distances)
     return metrics
+
+
+@dataclass(frozen=True)
+class FlowTask:
+    """Rectified-flow matching (training) and validation loss + Chamfer of generated scenes (evaluation).
+
+    Chamfer runs on every `chamfer_every`-th evaluation of this task (0: never); the count lives here, per run.
+    """
+
+    num_tokens: int
+    cfg_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    weighting: str = "logit_normal"
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    chamfer_every: int = 1
+    name: str = "flow"
+    primary_metric: str = "val_loss"
+    greater_is_better: bool = False
+    _evals: list = field(default_factory=list, compare=False, repr=False)  # one entry per evaluation so far
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        loss, metrics = flow_loss(model, batch, self.num_tokens, self.cfg_dropout, self.logit_mean, self.logit_std,
+                                  self.weighting)
+        real = int(batch["real"].sum())
+        return StepOutput(loss=loss, metrics=metrics, num_samples=real, num_tokens=real * self.num_tokens)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Any, with_chamfer: bool | None = None) -> dict[str, float]:
+        if with_chamfer is None:
+            with_chamfer = self.chamfer_every > 0 and len(self._evals) % self.chamfer_every == 0
+        self._evals.append(with_chamfer)
+        return evaluate_scenes(model, batches, self.num_tokens, self.eval, with_chamfer)

@@ -9,17 +9,34 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from engine.families.entry import CliCommand, FamilyEntry
+from engine.families.scenesplat.commands import import_3dgs_arguments
+
+ENTRY = FamilyEntry(
+    name="scenesplat",
+    label="SceneSplat: Point Transformer V3 (PT-v3m1) over 3D Gaussian splats",
+    family="engine.families.scenesplat.family:SceneSplatFamily",
+    commands=(
+        CliCommand("import-3dgs", "convert INRIA 3DGS .ply file(s) into SceneSplat scene folder(s)",
+                   import_3dgs_arguments, "engine.families.scenesplat.commands:cmd_import_3dgs"),
+    ),
+    demo="engine.families.scenesplat.demo:run_demo",
+)
+
 _EXPORTS = {
     "SceneSplatFamily": "family",
-    "SceneSplatModelOptions": "family",
-    "SceneSplatDataOptions": "family",
-    "SyntheticRoomDataset": "family",
-    "BACKBONES": "family",
-    "DEMO_TINY_CONFIG": "family",
-    "load_adapter": "family",
-    "load_base_weights": "family",
-    "language_view": "family",
-    "model_inputs": "family",
+    "SceneSplatModelOptions": "options",
+    "SceneSplatDataOptions": "options",
+    "SceneSplatLoraOptions": "options",
+    "SyntheticRoomDataset": "datasets",
+    "BACKBONES": "options",
+    "DEMO_TINY_CONFIG": "options",
+    "HEAD_FILE": "adapters",
+    "load_adapter": "adapters",
+    "language_view": "adapters",
+    "model_inputs": "task",
+    "SemsegTask": "task",
+    "LangTask": "task",
     "semseg_loss": "task",
     "lang_loss": "task",
     "aggregated_contrastive_loss": "task",

@@ -6,6 +6,7 @@ or `DataReport.to_dict()`.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 
 from engine.errors import DataError
 from engine.families.scenesplat.data import IGNORE_INDEX, LABEL_KEYS, build_sample, load_scene
+from engine.families.scenesplat.synthetic import SYNTHETIC_CLASSES, write_synthetic_dataset
 
 
 @dataclass
@@ -194,3 +196,47 @@ def scan_dataset(
             }
     report.label_histogram = dict(sorted(histogram.items()))
     return report
+
+
+class NamedReport:
+    """A data-check report that renders with the profile's class names."""
+
+    def __init__(self, report: Any, class_names: list[str] | None) -> None:
+        self.report = report
+        self.class_names = class_names
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.report.to_dict()
+        out["class_names"] = self.class_names
+        return out
+
+    def render(self, console: Any) -> None:
+        self.report.render(console, class_names=self.class_names)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.report, name)
+
+
+def check_data(profile: Any, num_classes: int | None, class_names: list[str] | None, lang_dim: int | None) -> NamedReport:
+    """The data check of a resolved profile: its `data.root`, or the built-in rooms written to a temp folder.
+
+    Args:
+        profile: the resolved profile.
+        num_classes: the semseg head's classes (None for lang: labels are not range-checked).
+        class_names: names for the label histogram.
+        lang_dim: the language-feature width of the synthetic rooms (lang), or None.
+    """
+    data = profile.data
+    if data.root is not None:
+        splits = [s for s in (data.train_split, data.val_split) if s is not None]
+        return NamedReport(scan_dataset(data.root, splits, data.label_key, num_classes),
+                           class_names if num_classes else None)
+    with tempfile.TemporaryDirectory(prefix="lora3d-synthetic-") as tmp:
+        root = Path(tmp) / "rooms"
+        write_synthetic_dataset(root, data.synthetic_train, data.synthetic_val if data.val_split else 0,
+                                data.synthetic_domain, data.synthetic_seed, data.synthetic_points,
+                                lang_dim=lang_dim, domain_shift=data.synthetic_shift)
+        report = scan_dataset(root, ["train", "val"] if data.val_split else ["train"], "segment",
+                              len(SYNTHETIC_CLASSES))
+    report.root = f"built-in synthetic rooms (domain {data.synthetic_domain})"
+    return NamedReport(report, list(SYNTHETIC_CLASSES))

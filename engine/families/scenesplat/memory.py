@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.families.base import MemoryDescription
+from engine.families.base import Lever, MemoryDescription
+from engine.families.scenesplat.options import output_width
 
 DEFAULT_ROOM_M = (8.0, 8.0, 3.0)
 """Scene extent in metres assumed for the dense neighbour lookup table of real data."""
@@ -48,11 +49,9 @@ _INPUT_BYTES_PER_POINT = 12 + 24 + 8 + 8
 """coord (3 x fp32), grid_coord (3 x int64), segment and batch index (int64) per point."""
 
 
-def _config(profile: Any) -> dict[str, Any]:
-    from engine.families.scenesplat.family import backbone_config
-
+def _config(backbone: dict[str, Any]) -> dict[str, Any]:
     config = dict(_PTV3_DEFAULTS)
-    config.update(backbone_config(profile))
+    config.update(backbone)
     for key in ("order", "stride", "enc_depths", "enc_channels", "enc_num_head", "enc_patch_size",
                 "dec_depths", "dec_channels", "dec_num_head"):
         value = config[key]
@@ -81,22 +80,15 @@ def _block_params(c: int, mlp_ratio: float, qkv_bias: bool) -> int:
     return cpe + 2 * c + attn + 2 * c + mlp
 
 
-def _target_stage_names(profile: Any, num_enc: int, num_dec: int) -> set[str]:
-    """Stage names (`enc{s}`, `dec{s}`) the family's `inject_lora` adapts (mirrors its rules)."""
-    lora = profile.lora
+def _target_stage_names(lora: Any, num_enc: int, num_dec: int) -> set[str]:
+    """Stage names (`enc{s}`, `dec{s}`) the resolved `lora` keys adapt (the preset is already applied)."""
     stages = lora.target_stages
-    if stages is None and lora.preset is not None:
-        rule = {"minimal": "last_two", "decoder_only": "decoder"}.get(lora.preset)
-        if rule == "last_two":
-            stages = [f"enc{s}" for s in range(num_enc)][-2:]
-        elif rule == "decoder":
-            return {f"dec{s}" for s in range(num_dec)}
-    names: set[str] = set()
     if stages is None:
-        names |= {f"enc{s}" for s in range(num_enc)}
+        names = {f"enc{s}" for s in range(num_enc)}
         if not lora.encoder_only:
             names |= {f"dec{s}" for s in range(num_dec)}
         return names
+    names = set()
     for stage in stages:
         if isinstance(stage, str):
             names.add(stage)
@@ -107,11 +99,10 @@ def _target_stage_names(profile: Any, num_enc: int, num_dec: int) -> set[str]:
     return names
 
 
-def describe_memory(profile: Any) -> MemoryDescription:
-    """The PTv3 description at the profile's settings (see the module docstring for assumptions)."""
-    from engine.families.scenesplat.family import num_classes_of, output_width, task_of
-
-    cfg = _config(profile)
+def describe_memory(recipe: Any) -> MemoryDescription:
+    """The PTv3 description at the recipe's settings (see the module docstring for assumptions)."""
+    profile, options = recipe.profile, recipe.options
+    cfg = _config(options.backbone)
     lora = profile.lora
     modules = set(lora.target_modules or ["attn"])
     ratio = float(cfg["mlp_ratio"])
@@ -123,7 +114,7 @@ def describe_memory(profile: Any) -> MemoryDescription:
     dec_ch = tuple(cfg["dec_channels"][:num_dec]) + (enc_ch[-1],)
     scores_stored = bool(cfg["enable_rpe"] or cfg["upcast_attention"] or cfg["upcast_softmax"])
     n_orders = len(cfg["order"])
-    targets = _target_stage_names(profile, num_enc, num_dec)
+    targets = _target_stage_names(lora, num_enc, num_dec)
 
     # Tokens per level relative to the input points (1/stride per pooling, see the module docstring).
     factors = [1.0]
@@ -189,11 +180,11 @@ def describe_memory(profile: Any) -> MemoryDescription:
         add_stage(f"dec{s}", cout, cfg["dec_depths"][s], cfg["dec_num_head"][s], patches[s], factors[s])
 
     out = output_width(cfg)
-    task = task_of(profile)
+    task = options.task
     other_trainable = 0
     input_bytes = _INPUT_BYTES_PER_POINT + 4 * cfg["in_channels"]
     if task == "semseg":
-        classes = num_classes_of(profile)
+        classes = options.num_classes
         head = out * classes + classes
         if profile.model.train_head:
             other_trainable += head
@@ -231,5 +222,7 @@ def describe_memory(profile: Any) -> MemoryDescription:
         input_bytes_per_token=float(input_bytes),
         index_bytes_per_token=float(index_bytes),
         fixed_bytes_per_sample=8 * cells + _SEARCH_BLOCK_BYTES,
+        lever=Lever("points per scene", "data.point_budget", max(64, points // 2)),
+        tokens_vary=True,
         notes=notes,
     )

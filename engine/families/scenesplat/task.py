@@ -20,10 +20,20 @@ NOTE: metric conventions, shared by both tasks:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import DataError
+from engine.families.base import StepOutput
+from engine.families.scenesplat.data import load_text_embeddings
+from engine.families.scenesplat.synthetic import SYNTHETIC_CLASSES, text_embedding_table
 
 IGNORE_INDEX = -1
 FOREGROUND_EXCLUDE = ("wall", "floor", "ceiling")
@@ -221,3 +231,115 @@ def zero_shot_predict(
     top, pred = prob.max(dim=1)
     pred = torch.where(top < threshold, torch.full_like(pred, IGNORE_INDEX), pred)
     return pred, prob
+
+
+# ---------------------------------------------------------------------------------------- strategies
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keys PTv3 reads from a collated batch."""
+    return {k: batch[k] for k in ("coord", "grid_coord", "feat", "offset") if k in batch}
+
+
+@dataclass(frozen=True)
+class SemsegTask:
+    """Semantic segmentation: cross-entropy; mIoU, mAcc, allAcc and per-class IoU over the batches."""
+
+    class_names: tuple[str, ...]
+    ignore_index: int = IGNORE_INDEX
+    fg_exclude: tuple[str, ...] = FOREGROUND_EXCLUDE
+    name: str = "semseg"
+    primary_metric: str = "miou"
+    greater_is_better: bool = True
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        logits = model(model_inputs(batch))  # (N, C)
+        loss = semseg_loss(logits, batch["segment"], self.ignore_index)
+        return StepOutput(loss=loss, num_samples=len(batch["offset"]), num_tokens=int(batch["coord"].shape[0]))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        c = len(self.class_names)
+        matrix = torch.zeros(c, c + 1, dtype=torch.int64)
+        loss_sum, labelled = 0.0, 0
+        for batch in batches:
+            logits = model(model_inputs(batch))
+            target = batch["segment"]
+            n = int((target != self.ignore_index).sum())
+            if n:
+                loss_sum += float(semseg_loss(logits, target, self.ignore_index)) * n
+                labelled += n
+            matrix += confusion_matrix(logits.argmax(1), target, c, self.ignore_index)
+        metrics = segmentation_metrics(matrix, list(self.class_names), self.fg_exclude)
+        metrics["val_loss"] = loss_sum / max(labelled, 1)
+        return metrics
+
+
+@dataclass(frozen=True)
+class LangTask:
+    """Language-feature distillation: cosine + L2 (+ contrastive); zero-shot segmentation for evaluation.
+
+    The zero-shot table is `text_embeddings` (a file) or, without one, the synthetic rooms' table at the
+    backbone's width; it is read on first use.
+    """
+
+    width: int
+    text_embeddings: Path | None = None
+    class_names: tuple[str, ...] | None = None
+    ignore_index: int = IGNORE_INDEX
+    cos_weight: float = 1.0
+    l2_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.2
+    contrastive_min_points: int = 100
+    zero_shot_threshold: float = ZERO_SHOT_THRESHOLD
+    fg_exclude: tuple[str, ...] = FOREGROUND_EXCLUDE
+    name: str = "lang"
+    primary_metric: str = "miou"
+    greater_is_better: bool = True
+    _table: list = field(default_factory=list, compare=False, repr=False)
+
+    def text_table(self) -> tuple[torch.Tensor, list[str]]:
+        """The zero-shot text embeddings (C, D) and class names."""
+        if not self._table:
+            if self.text_embeddings is not None:
+                table, names = load_text_embeddings(self.text_embeddings)
+                names = list(self.class_names) if self.class_names else names
+            else:
+                table, names = text_embedding_table(SYNTHETIC_CLASSES, self.width), list(SYNTHETIC_CLASSES)
+            self._table.append((torch.from_numpy(np.asarray(table, dtype=np.float32)), names))
+        return self._table[0]
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        if "lang_feat" not in batch:
+            raise DataError(
+                f"{batch.get('scene_names', ['batch'])[0]}: the lang task needs `lang_feat.npy`, got a scene without "
+                "it. Add language features to every scene or use `model.task: semseg`."
+            )
+        feat = model(model_inputs(batch))  # (N, D), unit rows
+        loss, parts = lang_loss(
+            feat, batch["lang_feat"], batch["valid_feat_mask"], self.cos_weight, self.l2_weight,
+            self.contrastive_weight, batch.get("segment"), self.contrastive_temperature, self.contrastive_min_points,
+        )
+        return StepOutput(loss=loss, metrics=parts, num_samples=len(batch["offset"]),
+                          num_tokens=int(batch["coord"].shape[0]))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        text, names = self.text_table()
+        c = len(names)
+        matrix = torch.zeros(c, c + 1, dtype=torch.int64)
+        loss_sum, valid_total = 0.0, 0
+        for batch in batches:
+            feat = model(model_inputs(batch))
+            if "lang_feat" in batch:
+                valid = batch["valid_feat_mask"].bool()
+                n = int(valid.sum())
+                if n:
+                    loss, _ = lang_loss(feat, batch["lang_feat"], valid, self.cos_weight, self.l2_weight)
+                    loss_sum += float(loss) * n
+                    valid_total += n
+            if "segment" in batch:
+                pred, _ = zero_shot_predict(feat, text, self.zero_shot_threshold)
+                matrix += confusion_matrix(pred, batch["segment"], c, self.ignore_index)
+        metrics = segmentation_metrics(matrix, names, self.fg_exclude)
+        metrics["val_loss"] = loss_sum / max(valid_total, 1)
+        return metrics

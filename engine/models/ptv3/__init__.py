@@ -1,6 +1,13 @@
 """Provides the Point Transformer V3 (PT-v3m1) backbone, its task wrappers, presets and checkpoint loading."""
 
-from engine.models.ptv3.checkpoint import LoadReport, load_pretrained, load_ptv3_state_dict
+from engine.models.ptv3.checkpoint import (
+    LoadReport,
+    freeze_batch_norm,
+    load_base_weights,
+    load_pretrained,
+    load_ptv3_state_dict,
+    resolve_checkpoint_file,
+)
 from engine.models.ptv3.heads import PTv3LanguageModel, PTv3Segmentor
 from engine.models.ptv3.model import PointTransformerV3
 from engine.models.ptv3.point import Point
@@ -14,6 +21,9 @@ __all__ = [
     "PTv3Segmentor",
     "Point",
     "PointTransformerV3",
+    "freeze_batch_norm",
+    "load_base_weights",
     "load_pretrained",
     "load_ptv3_state_dict",
+    "resolve_checkpoint_file",
 ]

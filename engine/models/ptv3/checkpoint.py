@@ -1,4 +1,5 @@
-"""Provides loading of PTv3 weights from Pointcept/SceneSplat checkpoints (.pth) and .safetensors files.
+"""Provides loading of PTv3 weights from Pointcept/SceneSplat checkpoints (.pth) and .safetensors files, and
+preparing a segmentor or language model as a frozen base for fine-tuning (any PTv3-based family reuses it).
 
 Pointcept's CheckpointSaver writes `{"epoch", "state_dict", "optimizer", ...}` with keys
 `module.backbone.<ptv3 key>` under DDP (SceneSplat's released language checkpoint has this form);
@@ -13,6 +14,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -165,3 +167,91 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> 
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     return report
+
+
+# ------------------------------------------------------------------------------- a base for fine-tuning
+_CHECKPOINT_NAMES = ("model/model_best.pth", "model/model_last.pth", "model_best.pth", "model_last.pth",
+                     "model.safetensors", "model.pth")
+"""Where Pointcept's trainer and lora3d's merge put the weights inside a run folder."""
+
+
+def resolve_checkpoint_file(path: Path) -> Path:
+    """A checkpoint file, or the usual Pointcept file inside a folder (`model/model_best.pth`, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in _CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path}: no checkpoint found in the folder, got files {sorted(p.name for p in path.iterdir())[:8]!r}. "
+            f"Point `model.pretrained` at the .pth or .safetensors file (looked for {', '.join(_CHECKPOINT_NAMES)})."
+        )
+    return path
+
+
+def load_base_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Loads a Pointcept/SceneSplat checkpoint into a segmentor or language model.
+
+    The backbone loads strictly. A `seg_head.*` in the checkpoint is loaded when its shape equals the
+    model's head (same classes) and skipped otherwise (a new dataset's classes); a language model
+    ignores it.
+
+    Returns:
+        `{"path", "head": "loaded" | "skipped" | "none", "notes": [...]}`: the notes say what was skipped.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped backbone keys (the message names them).
+    """
+    path = resolve_checkpoint_file(Path(path))
+    state = load_ptv3_state_dict(path)
+    head = {k[len("seg_head."):]: v for k, v in state.items() if k.startswith("seg_head.")}
+    body = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("seg_head.")}
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in body]
+    unexpected = [k for k in body if k not in own]
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in body.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[:3]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[:3]!r})")
+        if mismatched:
+            k, a, b = mismatched[0]
+            parts.append(f"{len(mismatched)} shape mismatches (first {k!r}: checkpoint {a} vs model {b})")
+        raise CheckpointError(
+            f"{path}: the checkpoint's backbone does not match `model.backbone`, got {'; '.join(parts)}. "
+            "Choose the backbone the checkpoint was trained with (`scenesplat` for SceneSplat's released "
+            "checkpoints, `pointcept` for Pointcept PT-v3m1) or give its keyword arguments as a mapping."
+        )
+    model.backbone.load_state_dict(body, strict=True)
+    head_status = "none"
+    notes = []
+    if head and isinstance(getattr(model, "seg_head", None), nn.Linear):
+        own_head = model.seg_head.state_dict()
+        if all(k in head and head[k].shape == v.shape for k, v in own_head.items()):
+            model.seg_head.load_state_dict({k: head[k] for k in own_head})
+            head_status = "loaded"
+        else:
+            head_status = "skipped"
+            shape = tuple(head["weight"].shape) if "weight" in head else "?"
+            notes.append(f"{path}: its seg_head {shape} does not fit the model's {tuple(own_head['weight'].shape)} "
+                         "(other classes): the head starts from random weights")
+    return {"path": str(path), "head": head_status, "notes": notes}
+
+
+def _keep_eval(module: nn.Module, _inputs: object) -> None:
+    module.training = False
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Keeps every BatchNorm of a frozen base in eval mode even under `model.train()`.
+
+    NOTE: a fine-tune must never move the base's running statistics, or the saved adapter plus the base
+    would not reproduce the trained model (a forward pre-hook resets `training` on every call).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            module.register_forward_pre_hook(_keep_eval)

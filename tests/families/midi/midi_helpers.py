@@ -16,7 +16,7 @@ import torch
 
 from engine.families.midi.data import synthetic_prepared_scenes
 from engine.models.dit.pipeline import build_tiny_pipeline
-from engine.profile.load import validate_profile
+from engine.families.recipe import resolve_recipe
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -64,4 +64,4 @@ def midi_profile_dict(env: dict[str, Path], tmp_path: Path, **sections: Any) -> 
 
 
 def midi_profile(env: dict[str, Path], tmp_path: Path, **sections: Any):
-    return validate_profile(midi_profile_dict(env, tmp_path, **sections), source="test.yaml")
+    return resolve_recipe(midi_profile_dict(env, tmp_path, **sections), source="test.yaml")

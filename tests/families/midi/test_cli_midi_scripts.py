@@ -11,7 +11,7 @@ import pytest
 import trimesh
 from midi_helpers import REPO
 
-from engine.profile.load import load_profile
+from engine.families.recipe import load_recipe
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 LORA3D = REPO / ".venv" / "bin" / "lora3d"
@@ -35,7 +35,7 @@ def test_train_lora_midi_flags_map_onto_the_seed_profile(tmp_path):
     ])
     argv = train_lora.build_cli_args(args)
     assert argv[:2] == ["train", str(REPO / "profiles" / "midi" / "lora_finetune.yaml")]
-    profile = load_profile(argv[1], argv[argv.index("--set") + 1 :])
+    profile = load_recipe(argv[1], argv[argv.index("--set") + 1 :]).profile
     assert profile.model.family == "midi" and profile.model.mi_blocks is None
     assert (profile.train.batch_size, profile.train.epochs, profile.train.lr) == (4, 100, 1e-4)
     assert (profile.lora.r, profile.lora.alpha, profile.lora.dropout) == (16, 16, 0.1)

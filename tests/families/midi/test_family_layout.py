@@ -6,12 +6,13 @@ import pytest
 import torch
 from midi_helpers import midi_env_fixture, midi_profile, midi_profile_dict, one_thread_fixture  # noqa: F401
 
+from engine.lora.inject import apply_lora_spec
 from engine.errors import ProfileError
 from engine.families.midi.data import choose_instances, collate_scenes
 from engine.families.midi.family import MidiFamily, resolve_mi_blocks
 from engine.families.registry import get_family
 from engine.models.dit import TripoSGDiTModel
-from engine.profile.load import validate_profile
+from engine.families.recipe import resolve_recipe
 
 
 @pytest.mark.parametrize("count, slots", [(2, 5), (3, 3), (7, 4), (1, 4)])
@@ -68,10 +69,11 @@ def test_multi_instance_attention_sees_only_the_real_instances(one_thread):
     assert not torch.allclose(joint[:real], padded[:real], atol=1e-4)
 
 
-def test_registry_and_family_declarations():
+def test_registry_and_family_declarations(midi_env, tmp_path):
     family = get_family("midi")
     assert isinstance(family, MidiFamily)
-    assert family.tasks == ("flow",) and family.primary_metric == "val_loss" and not family.greater_is_better
+    task = midi_profile(midi_env, tmp_path).task
+    assert family.tasks == ("flow",) and task.primary_metric == "val_loss" and not task.greater_is_better
 
 
 @pytest.mark.parametrize(
@@ -88,7 +90,7 @@ def test_registry_and_family_declarations():
 )
 def test_check_profile_names_key_value_and_fix(midi_env, tmp_path, sections, fragment):
     with pytest.raises(ProfileError) as info:
-        validate_profile(midi_profile_dict(midi_env, tmp_path, **sections), source="p.yaml")
+        resolve_recipe(midi_profile_dict(midi_env, tmp_path, **sections), source="p.yaml")
     assert fragment in str(info.value)
     assert str(info.value).startswith("p.yaml: ")
 
@@ -105,7 +107,7 @@ def test_build_model_freezes_everything_and_lora_targets_the_chosen_blocks(midi_
     model = family.build_model(profile)
     assert model.multi_instance_blocks == [1]
     assert not any(p.requires_grad for p in model.parameters())
-    model = family.inject_lora(model, profile)
+    model = apply_lora_spec(model, profile.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".")[1] for n in trainable} == {"1", "2"}
@@ -116,7 +118,7 @@ def test_build_model_freezes_everything_and_lora_targets_the_chosen_blocks(midi_
 def test_clip_cross_attention_query_is_not_adapted_because_it_cannot_learn(midi_env, tmp_path, one_thread):
     profile = midi_profile(midi_env, tmp_path)
     family = MidiFamily()
-    model = family.inject_lora(family.build_model(profile), profile)
+    model = apply_lora_spec(family.build_model(profile), profile.lora)
     adapted = model.lora3d_targets["default"]["modules"]
     assert "blocks.0.attn2.to_k" in adapted and "blocks.0.attn2_2.to_q" in adapted
     assert not any(n.endswith("attn2.to_q") for n in adapted)
@@ -131,4 +133,4 @@ def test_clip_cross_attention_query_is_not_adapted_because_it_cannot_learn(midi_
     torch.testing.assert_close(before, after)
     with pytest.raises(ProfileError, match="nothing left to adapt"):
         only_q = midi_profile(midi_env, tmp_path, lora={"target_modules": ["to_q"], "attention_kinds": ["cross"]})
-        family.inject_lora(family.build_model(only_q), only_q)
+        apply_lora_spec(family.build_model(only_q), only_q.lora)

@@ -30,9 +30,9 @@ def _count_encodes(vae):
 
 def _dataset(family, profile, folders, **kwargs):
     frozen = family.load_frozen(profile)
-    options = {"slots": profile.model.num_instances_per_batch, "seed": 0, "frozen": frozen,
-               "cache_dir": family.cache_dir(profile), "num_tokens": profile.model.num_tokens,
-               "num_samples": profile.data.num_samples}
+    options = {"slots": profile.profile.model.num_instances_per_batch, "seed": 0, "frozen": frozen,
+               "cache_dir": profile.options.cache_dir, "num_tokens": profile.profile.model.num_tokens,
+               "num_samples": profile.profile.data.num_samples}
     options.update(kwargs)
     return MidiSceneDataset(folders, **options)
 
@@ -99,7 +99,7 @@ def test_cached_sample_equals_on_the_fly_sample_with_the_same_eps(midi_env, tmp_
     cached = sample_posterior(mean, logvar)
     torch.manual_seed(5)
     with torch.no_grad():
-        fly = frozen.vae.encode(surfaces, num_tokens=profile.model.num_tokens, seed=QUERY_SEED).latent_dist.sample()
+        fly = frozen.vae.encode(surfaces, num_tokens=profile.profile.model.num_tokens, seed=QUERY_SEED).latent_dist.sample()
     torch.testing.assert_close(cached, fly, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(cached, mean)  # the posterior really is sampled
 

@@ -10,7 +10,7 @@ from midi_helpers import midi_env_fixture, midi_profile, one_thread_fixture  # n
 from safetensors.torch import load_file
 
 from engine.families.midi.family import MidiFamily
-from engine.families.midi.task import chamfer_distance, evaluate_scenes
+from engine.families.midi.task import chamfer_distance
 from engine.lora import load_lora_checkpoint
 from engine.models.dit import TripoSGDiTModel
 from engine.train.trainer import Trainer, TrainerHooks, train
@@ -66,13 +66,13 @@ def test_evaluation_is_deterministic_and_reports_chamfer(midi_env, tmp_path):
     def batches():
         return [family.collate([val[i] for i in range(len(val))])]
 
-    first = evaluate_scenes(model, batches(), profile, with_chamfer=True)
+    first = profile.task.evaluate(model, batches(), with_chamfer=True)
     torch.manual_seed(123)  # the global RNG must not matter
-    second = evaluate_scenes(model, batches(), profile, with_chamfer=True)
+    second = profile.task.evaluate(model, batches(), with_chamfer=True)
     assert first == second
     assert first["val_loss"] > 0 and first["val_chamfer"] > 0 and 0 <= first["val_surface_found"] <= 1
     assert first["val_chamfer_recon"] >= 0
-    assert "val_chamfer" not in evaluate_scenes(model, batches(), profile, with_chamfer=False)
+    assert "val_chamfer" not in profile.task.evaluate(model, batches(), with_chamfer=False)
 
 
 def test_chamfer_distance_is_zero_for_identical_sets_and_grows_with_offset():

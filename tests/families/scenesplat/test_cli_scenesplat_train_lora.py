@@ -53,8 +53,11 @@ def test_scenesplat_command_line_trains_with_pointcept_option_names(tmp_path, ti
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "profile.resolved.yaml").read_text())
     assert resolved["lora"]["r"] == 8 and resolved["lora"]["preset"] == "minimal"
-    # the preset fills the stages; the profile's explicit alpha (8) beats the preset's (4)
-    assert resolved["lora"]["target_stages"] == [1, 2] and resolved["lora"]["alpha"] == 8.0
+    # the preset fills the stages; given on the command line it wins over the file's alpha (8), while the
+    # command line's own `lora.r=8` wins over the preset's 4 (docs/profiles.md: the preset rule), and it says so
+    assert resolved["lora"]["target_stages"] == [1, 2] and resolved["lora"]["alpha"] == 4.0
+    assert "preset `minimal` (command line) sets 4.0, replacing the profile's 8.0" in result.stderr
+    assert "`lora.r`: 8 from the command line wins over preset `minimal`'s 4" in result.stderr
     assert resolved["model"]["pretrained"] == "checkpoints/pretrained.pth"
 
 

@@ -101,7 +101,7 @@ def test_every_code_block_is_mapped_to_a_runner():
 
 def test_every_command_line_parses_and_its_profile_validates():
     from engine.cli import build_parser
-    from engine.profile import load_profile
+    from engine.families.recipe import load_recipe
 
     script = _script()
     for name, lang, code in _blocks():
@@ -121,7 +121,7 @@ def test_every_command_line_parses_and_its_profile_validates():
             # drop the paths only the workspace has; everything else must validate on a bare clone
             keep = [s for s in sets if s.split("=")[0] not in ("data.root", "model.pretrained",
                                                               "lora_training.pretrained_path")]
-            assert load_profile(REPO / profile, keep) is not None, (name, argv)
+            assert load_recipe(REPO / profile, keep).profile is not None, (name, argv)
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_doc_block_runs(name, workspace, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_preset_table_counts_match_the_real_backbones():
-    from engine.families.scenesplat.family import BACKBONES
+    from engine.families.scenesplat.options import BACKBONES
     from engine.lora import inject_lora_with_preset, lora_summary
     from engine.models.ptv3 import PTv3LanguageModel, PTv3Segmentor
 

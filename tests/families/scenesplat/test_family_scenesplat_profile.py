@@ -10,7 +10,8 @@ from tiny_scenesplat import tiny_profile, tiny_profile_data
 from engine.cli import main as cli_main
 from engine.errors import ProfileError
 from engine.families.scenesplat.synthetic import write_synthetic_dataset
-from engine.profile.load import dump_profile, validate_profile
+from engine.families.recipe import resolve_recipe
+from engine.profile.load import dump_profile
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = [REPO / "profiles" / "demo-scenesplat.yaml", *sorted((REPO / "profiles" / "scenesplat").glob("*.yaml"))]
@@ -30,7 +31,7 @@ def test_stage_out_of_range_lists_the_valid_stages(tmp_path):
 
 def test_stage_check_counts_stages_of_the_named_backbone(tmp_path):
     ok = tiny_profile(tmp_path, model={"backbone": "pointcept"}, lora={"target_stages": [4]})
-    assert ok.lora.target_stages == [4]
+    assert ok.profile.lora.target_stages == [4]
     message = _error(tmp_path, model={"backbone": "scenesplat"}, lora={"target_stages": [4]})
     assert "Valid stages: 0, 1, 2, 3" in message
 
@@ -69,13 +70,13 @@ def test_semseg_with_a_data_folder_needs_num_classes(tmp_path):
     root = tmp_path / "scenes"
     write_synthetic_dataset(root, num_train=1, num_val=1, num_points=200)
     assert "`model.num_classes` is required with a `data.root`" in _error(tmp_path, data={"root": str(root)})
-    assert tiny_profile(tmp_path, data={"root": str(root)}, model={"num_classes": 6}).model.num_classes == 6
+    assert tiny_profile(tmp_path, data={"root": str(root)}, model={"num_classes": 6}).profile.model.num_classes == 6
 
 
 def test_task_defaults_to_semseg(tmp_path):
     data = tiny_profile_data(tmp_path)
     del data["model"]["task"]
-    assert validate_profile(data).model.task == "semseg"
+    assert resolve_recipe(data).profile.model.task == "semseg"
 
 
 @pytest.mark.parametrize(
@@ -85,23 +86,24 @@ def test_task_defaults_to_semseg(tmp_path):
         ("pointcept", "minimal", {"r": 4, "target_stages": [3, 4], "target_modules": ["attn"]}),
         ("scenesplat", "minimal", {"target_stages": [2, 3]}),
         ("scenesplat", "full", {"r": 16, "target_modules": ["attn", "mlp"], "enable_prompt": True, "encoder_only": False}),
-        ("scenesplat", "decoder_only", {"r": 8, "encoder_only": False, "target_stages": None}),
+        # the decoder stages are written out, so the resolved profile alone reproduces the run
+        ("scenesplat", "decoder_only", {"r": 8, "encoder_only": False, "target_stages": ["dec0", "dec1", "dec2"]}),
     ],
 )
 def test_preset_fills_unset_lora_keys_and_survives_a_round_trip(tmp_path, backbone, preset, expected):
     data = tiny_profile_data(tmp_path, model={"backbone": backbone})
     data["lora"] = {"preset": preset}
-    profile = validate_profile(data)
+    profile = resolve_recipe(data).profile
     for key, value in expected.items():
         assert getattr(profile.lora, key) == value, key
     import yaml
 
-    again = validate_profile(yaml.safe_load(dump_profile(profile)))
+    again = resolve_recipe(yaml.safe_load(dump_profile(profile))).profile
     assert again.lora == profile.lora
 
 
 def test_explicit_key_beats_the_preset(tmp_path):
-    profile = tiny_profile(tmp_path, lora={"preset": "minimal", "r": 16, "target_stages": [0]})
+    profile = tiny_profile(tmp_path, lora={"preset": "minimal", "r": 16, "target_stages": [0]}).profile
     assert (profile.lora.r, profile.lora.alpha, profile.lora.target_stages) == (16, 8.0, [0])
 
 

@@ -8,14 +8,12 @@ import torch
 from safetensors.torch import load_file
 from tiny_scenesplat import tiny_profile, write_base_checkpoint
 
+from engine.lora.inject import apply_lora_spec
 from engine.errors import CheckpointError
-from engine.families.scenesplat.family import (
-    DEMO_TINY_CONFIG,
-    HEAD_FILE,
-    SceneSplatFamily,
-    load_adapter,
-    model_inputs,
-)
+from engine.families.scenesplat.adapters import HEAD_FILE, load_adapter
+from engine.families.scenesplat.family import SceneSplatFamily
+from engine.families.scenesplat.options import DEMO_TINY_CONFIG
+from engine.families.scenesplat.task import model_inputs
 from engine.models.ptv3 import PTv3LanguageModel, PTv3Segmentor, load_pretrained
 from engine.train.trainer import Trainer, TrainerHooks, train
 
@@ -57,10 +55,10 @@ def test_loaders_read_a_scene_folder(tmp_path):
 @pytest.mark.parametrize("task", ["semseg", "lang"])
 def test_training_step_has_finite_loss_and_gradients_reach_lora(tmp_path, task):
     profile = tiny_profile(tmp_path, model={"task": task})
-    model = FAMILY.inject_lora(FAMILY.build_model(profile), profile)
+    model = apply_lora_spec(FAMILY.build_model(profile), profile.lora)
     assert isinstance(model, PTv3Segmentor if task == "semseg" else PTv3LanguageModel)
     model.train()
-    out = FAMILY.training_step(model, _batch(profile), profile)
+    out = profile.task.loss(model, _batch(profile))
     assert torch.isfinite(out.loss) and out.num_samples == 2 and out.num_tokens > 0
     out.loss.backward()
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -74,10 +72,10 @@ def test_training_step_has_finite_loss_and_gradients_reach_lora(tmp_path, task):
 
 def test_frozen_batch_norm_keeps_running_statistics(tmp_path):
     profile = tiny_profile(tmp_path)
-    model = FAMILY.inject_lora(FAMILY.build_model(profile), profile)
+    model = apply_lora_spec(FAMILY.build_model(profile), profile.lora)
     before = model.backbone.embedding.stem.norm.running_mean.clone()
     model.train()
-    FAMILY.training_step(model, _batch(profile), profile).loss.backward()
+    profile.task.loss(model, _batch(profile)).loss.backward()
     torch.testing.assert_close(model.backbone.embedding.stem.norm.running_mean, before)
 
 
@@ -112,16 +110,14 @@ def _adapter_tensors(run_dir):
 def test_resume_gives_the_same_adapter_as_a_straight_run(tmp_path):
     write_base_checkpoint(tmp_path / "base.pth")
     common = {"model": {"pretrained": str(tmp_path / "base.pth")}, "train": {"max_steps": 4}}
-    straight = tiny_profile(tmp_path, **common)
-    straight.output.dir = tmp_path / "straight"
+    straight = tiny_profile(tmp_path, **common, output={"dir": str(tmp_path / "straight")})
     train(straight, install_signal_handlers=False)
 
     def stop_at_2(trainer):
         if trainer.state.step == 2:
             trainer.stop_reason = "SIGINT"
 
-    halves = tiny_profile(tmp_path, **common)
-    halves.output.dir = tmp_path / "halves"
+    halves = tiny_profile(tmp_path, **common, output={"dir": str(tmp_path / "halves")})
     first = Trainer(halves, hooks=TrainerHooks(after_step=stop_at_2), install_signal_handlers=False).run()
     assert first.status == "stopped" and first.step == 2
     resumed = train(tiny_profile(tmp_path, **common), run_dir=tmp_path / "halves", resume=True,

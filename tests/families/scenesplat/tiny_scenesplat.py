@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from engine.families.scenesplat.family import DEMO_TINY_CONFIG
+from engine.families.recipe import resolve_recipe
+from engine.families.scenesplat.options import DEMO_TINY_CONFIG
 from engine.models.ptv3 import PTv3Segmentor
-from engine.profile.load import validate_profile
 
 TINY: dict[str, Any] = {
     "schema_version": 1,
@@ -33,7 +33,7 @@ def tiny_profile_data(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, A
 
 
 def tiny_profile(tmp_path: Path, **sections: dict[str, Any]):
-    return validate_profile(tiny_profile_data(tmp_path, **sections), source="tiny.yaml")
+    return resolve_recipe(tiny_profile_data(tmp_path, **sections), source="tiny.yaml")
 
 
 def write_base_checkpoint(path: Path, num_classes: int = 6, seed: int = 0, ddp: bool = True) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.memory.gpus import HardwareInfo
+from engine.hardware import HardwareInfo
 from engine.memory.tiers import GIB, recommend_tier, tier_for_memory
 from engine.profile.schema import HardwareSection, Profile
 
