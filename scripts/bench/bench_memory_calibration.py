@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Any
 
-from engine.memory.probe import Candidate, probe_candidate
 from engine.families.recipe import resolve_recipe
+from engine.memory.probe import Candidate, probe_candidate
 
 GIB = 1024**3
 

@@ -25,12 +25,12 @@ except ImportError:  # run from a clone without `pip install -e .`
 
 import torch
 
-from engine.lora.inject import apply_lora_spec
 from engine.families.midi.data import synthetic_prepared_scenes
 from engine.families.midi.family import MidiFamily
 from engine.families.midi.task import flow_loss
-from engine.models.dit.pipeline import build_tiny_pipeline
 from engine.families.recipe import resolve_recipe
+from engine.lora.inject import apply_lora_spec
+from engine.models.dit.pipeline import build_tiny_pipeline
 
 
 def _profile(pretrained: Path, data_root: Path, cache: Path, use_cache: bool, args) -> object:

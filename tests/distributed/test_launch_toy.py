@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.launch import launch_command
 from engine.families.recipe import resolve_recipe
+from engine.launch import launch_command
 from engine.train.events import read_events
 from tests.conftest import REPO, toy_profile_dict
 

@@ -16,10 +16,10 @@ import yaml
 from engine.cli import main as cli_main
 from engine.errors import CheckpointError, DataError, ProfileError
 from engine.families.midi.prepare import prepare_dataset
+from engine.families.recipe import load_recipe, resolve_recipe
 from engine.families.scenesplat.data import load_scene
 from engine.lora.adapter_io import read_lora_checkpoint
 from engine.models.ptv3.checkpoint import load_ptv3_state_dict
-from engine.families.recipe import load_recipe, resolve_recipe
 from engine.train.trainer import train
 from tests.conftest import toy_profile_dict
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from engine.families.midi.data import synthetic_prepared_scenes
-from engine.models.dit.pipeline import build_tiny_pipeline
 from engine.families.recipe import resolve_recipe
+from engine.models.dit.pipeline import build_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[3]
 

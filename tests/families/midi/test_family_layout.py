@@ -6,13 +6,13 @@ import pytest
 import torch
 from midi_helpers import midi_env_fixture, midi_profile, midi_profile_dict, one_thread_fixture  # noqa: F401
 
-from engine.lora.inject import apply_lora_spec
 from engine.errors import ProfileError
 from engine.families.midi.data import choose_instances, collate_scenes
 from engine.families.midi.family import MidiFamily, resolve_mi_blocks
-from engine.families.registry import get_family
-from engine.models.dit import TripoSGDiTModel
 from engine.families.recipe import resolve_recipe
+from engine.families.registry import get_family
+from engine.lora.inject import apply_lora_spec
+from engine.models.dit import TripoSGDiTModel
 
 
 @pytest.mark.parametrize("count, slots", [(2, 5), (3, 3), (7, 4), (1, 4)])

@@ -9,8 +9,8 @@ from tiny_scenesplat import tiny_profile, tiny_profile_data
 
 from engine.cli import main as cli_main
 from engine.errors import ProfileError
-from engine.families.scenesplat.synthetic import write_synthetic_dataset
 from engine.families.recipe import resolve_recipe
+from engine.families.scenesplat.synthetic import write_synthetic_dataset
 from engine.profile.load import dump_profile
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 from tiny_scenesplat import tiny_profile, write_base_checkpoint
 
-from engine.lora.inject import apply_lora_spec
 from engine.errors import CheckpointError
 from engine.families.scenesplat.adapters import HEAD_FILE, load_adapter
 from engine.families.scenesplat.family import SceneSplatFamily
 from engine.families.scenesplat.options import DEMO_TINY_CONFIG
 from engine.families.scenesplat.task import model_inputs
+from engine.lora.inject import apply_lora_spec
 from engine.models.ptv3 import PTv3LanguageModel, PTv3Segmentor, load_pretrained
 from engine.train.trainer import Trainer, TrainerHooks, train
 
