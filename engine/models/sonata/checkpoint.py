@@ -66,13 +66,14 @@ def _describe_prefixes(keys: list[str]) -> str:
     return ", ".join(f"{p!r} ({n} keys)" for p, n in counts.most_common(3))
 
 
-def split_checkpoint(state: dict[str, torch.Tensor], prefix: str | None = None
+def split_checkpoint(state: dict[str, torch.Tensor], prefix: str | None = None, source: str = "checkpoint"
                      ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
     """Finds the layout of a PT-v3m2 state dict and splits it into backbone and head tensors.
 
     Args:
         state: tensors by key, `module.` already stripped or not.
         prefix: read the backbone from keys under this prefix instead of detecting the layout.
+        source: the file name used in error messages.
 
     Returns:
         (layout, backbone tensors by bare key, seg_head tensors by `seg_head.*` key, skipped keys).
@@ -99,7 +100,7 @@ def split_checkpoint(state: dict[str, torch.Tensor], prefix: str | None = None
         found = {p for k in keys if (p := _prefix_before(k, "embedding.stem.linear.weight")) is not None}
         hint = (f" The embedding sits under {sorted(found)[0]!r}: pass prefix={sorted(found)[0]!r}." if found
                 else " It may not be a PT-v3m2 checkpoint (no 'embedding.stem.linear.weight').")
-        raise CheckpointError(f"checkpoint: no PT-v3m2 keys under a known prefix, got {_describe_prefixes(keys)}. "
+        raise CheckpointError(f"{source}: no PT-v3m2 keys under a known prefix, got {_describe_prefixes(keys)}. "
                               f"Known layouts: {_KNOWN}.{hint}")
     backbone: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
@@ -114,7 +115,7 @@ def split_checkpoint(state: dict[str, torch.Tensor], prefix: str | None = None
             bare = "enc." + bare[len("enc.base_model.model."):]
         backbone[bare] = value
     if not backbone:
-        raise CheckpointError(f"checkpoint: no keys under prefix {root!r}, got {_describe_prefixes(keys)}. "
+        raise CheckpointError(f"{source}: no keys under prefix {root!r}, got {_describe_prefixes(keys)}. "
                               f"Pass the prefix the backbone keys share, or none to detect {_KNOWN}.")
     return layout, backbone, head, sorted(skipped)
 
@@ -152,7 +153,7 @@ def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = Tr
     Raises:
         CheckpointError: unreadable file, unknown layout, or (strict) missing/unexpected/mismatched keys.
     """
-    layout, backbone, head, skipped = split_checkpoint(load_ptv3_state_dict(path), prefix)
+    layout, backbone, head, skipped = split_checkpoint(load_ptv3_state_dict(path), prefix, str(path))
     own = model.state_dict()
     wrapped = any(k.startswith("backbone.") for k in own)
     ckpt = {f"backbone.{k}": v for k, v in backbone.items()} if wrapped else dict(backbone)

@@ -46,10 +46,15 @@ class SonataSegmentor(nn.Module):
         num_classes: classes of the head (0 keeps an identity head, as Pointcept does).
         backbone_out_channels: input width of the head; default: the backbone's concatenated width
             (sum of enc_channels) in enc_mode, else dec_channels[0].
+        freeze_backbone: stop gradients to every backbone parameter (linear probing), as Pointcept's
+            `freeze_backbone`.
+
+    A backbone with no trainable parameter (frozen, no LoRA) runs under `torch.no_grad`, as
+    DefaultLORASegmentorV2 does for a frozen backbone without LoRA: same numbers, no stored activations.
     """
 
     def __init__(self, backbone: PointTransformerV3M2 | dict[str, Any], num_classes: int,
-                 backbone_out_channels: int | None = None) -> None:
+                 backbone_out_channels: int | None = None, freeze_backbone: bool = False) -> None:
         super().__init__()
         # Pointcept builds seg_head first, so its keys lead the state dict.
         self.backbone_out_channels = backbone_out_channels
@@ -61,10 +66,16 @@ class SonataSegmentor(nn.Module):
                              f"point, got {width!r}. Use {model.concat_channels} (or leave it unset).")
         self.seg_head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
         self.backbone = model
+        if freeze_backbone:
+            for param in self.backbone.parameters():
+                param.requires_grad_(False)
 
     def features(self, data: dict) -> torch.Tensor:
         """Returns the (N, C) per-point features the head reads, in input row order."""
-        return concat_levels(self.backbone(data))
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            return concat_levels(self.backbone(data))
+        with torch.no_grad():
+            return concat_levels(self.backbone(data))
 
     def forward(self, data: dict) -> torch.Tensor:
         """Returns (N, num_classes) logits in input row order."""

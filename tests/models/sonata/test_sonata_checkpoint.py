@@ -151,7 +151,7 @@ def test_plain_weights_load_under_lora_layers_which_keep_their_init(tmp_path):
 def test_unknown_prefix_is_named_and_prefix_argument_reads_it(tmp_path):
     source = _randomised(PointTransformerV3M2(**TINY), 4).state_dict()
     save_file({f"model.encoder.{k}": v for k, v in source.items()}, str(tmp_path / "odd.safetensors"))
-    with pytest.raises(CheckpointError, match=r"'model\.encoder\.' \(\d+ keys\).*prefix='model\.encoder\.'"):
+    with pytest.raises(CheckpointError, match=r"odd\.safetensors: .*'model\.encoder\.' \(\d+ keys\).*prefix='model\.encoder\.'"):
         load_sonata_checkpoint(PointTransformerV3M2(**TINY), tmp_path / "odd.safetensors")
     model = PointTransformerV3M2(**TINY)
     report = load_sonata_checkpoint(model, tmp_path / "odd.safetensors", prefix="model.encoder.")

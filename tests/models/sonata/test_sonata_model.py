@@ -204,3 +204,15 @@ def test_flash_backend_casts_to_the_requested_dtype(monkeypatch):
         plan = ptv3_attention.build_patch_plan([32], 16, torch.device("cuda"))
         model.attention_backend.attend(torch.randn(32, 24, device="cuda"), plan, 2, 0.5, 0.0)
         assert calls == [torch.bfloat16]
+
+
+def test_frozen_backbone_trains_the_head_only_without_storing_backbone_graphs():
+    data = _data()
+    model = SonataSegmentor(dict(TINY, enc_mode=True), 4, freeze_backbone=True).train()
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["seg_head.weight", "seg_head.bias"]
+    feat = model.features(data)
+    assert feat.shape == (260, 8 + 16 + 24) and not feat.requires_grad
+    model(data).square().mean().backward()
+    assert model.seg_head.weight.grad is not None
+    trainable = SonataSegmentor(dict(TINY, enc_mode=True), 4).train()
+    assert trainable.features(data).requires_grad
