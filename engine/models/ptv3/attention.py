@@ -148,11 +148,12 @@ class SdpaPatchAttention:
 
 
 class FlashVarlenAttention:
-    """flash-attn's varlen kernel on CUDA (qkv cast to fp16 as SceneSplat does); SDPA elsewhere."""
+    """flash-attn's varlen kernel on CUDA (qkv cast to `dtype`: fp16 as SceneSplat does); SDPA elsewhere."""
 
     name = "flash"
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float16) -> None:
+        self.dtype = dtype  # PT-v3m2 (Sonata/Concerto) casts to bf16
         self._flash = _import_flash_attn()
         if self._flash is None:
             raise HardwareError(
@@ -169,7 +170,7 @@ class FlashVarlenAttention:
         t, c3 = qkv.shape
         c = c3 // 3
         out = self._flash.flash_attn_varlen_qkvpacked_func(
-            qkv.half().reshape(t, 3, num_heads, c // num_heads),
+            qkv.to(self.dtype).reshape(t, 3, num_heads, c // num_heads),
             plan.cu_seqlens,
             max_seqlen=plan.patch_size,
             dropout_p=dropout_p,
@@ -178,10 +179,13 @@ class FlashVarlenAttention:
         return out.reshape(t, c).to(qkv.dtype)
 
 
-def build_attention_backend(name: str, enable_flash: bool) -> SdpaPatchAttention | FlashVarlenAttention:
+def build_attention_backend(
+    name: str, enable_flash: bool, flash_dtype: torch.dtype = torch.float16
+) -> SdpaPatchAttention | FlashVarlenAttention:
     """Chooses the attention backend once.
 
-    'auto' picks flash-attn when `enable_flash` and flash-attn is importable, else SDPA.
+    'auto' picks flash-attn when `enable_flash` and flash-attn is importable, else SDPA. `flash_dtype`
+    is what flash-attn computes in.
 
     Raises:
         HardwareError: when 'flash' is requested and flash-attn is not importable.
@@ -189,10 +193,10 @@ def build_attention_backend(name: str, enable_flash: bool) -> SdpaPatchAttention
     if name == "sdpa":
         return SdpaPatchAttention()
     if name == "flash":
-        return FlashVarlenAttention()
+        return FlashVarlenAttention(flash_dtype)
     if name == "auto":
         if enable_flash and _import_flash_attn() is not None:
-            return FlashVarlenAttention()
+            return FlashVarlenAttention(flash_dtype)
         return SdpaPatchAttention()
     raise ValueError(f"attention_backend: unknown backend, got {name!r}. Use one of {ATTENTION_BACKENDS}.")
 

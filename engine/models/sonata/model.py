@@ -1,0 +1,201 @@
+"""Provides `PointTransformerV3M2`, a checkpoint-compatible re-implementation of Pointcept's PT-v3m2.
+
+PT-v3m2 (Pointcept@d74c646 pointcept/models/point_transformer_v3/point_transformer_v3m2_sonata.py) is
+the backbone of Sonata and Concerto. State-dict keys and shapes equal Pointcept's, so their
+pretraining and fine-tuning checkpoints load with `strict=True` (see checkpoint.py). What it adds over
+PT-v3m1 (engine.models.ptv3, whose serialization, submanifold conv and attention it reuses):
+LayerNorm everywhere (no BatchNorm), a Linear -> LN -> GELU embedding with an optional mask token,
+grid pooling with max + LN + GELU, serialization recomputed at every level with depth
+bit_length(max + 1), optional layer scale, `enc_mode` (no decoder; the deepest level is returned with
+its `pooling_parent` chain for multi-level heads), `traceable` unpooling and `freeze_encoder`.
+Block i of a stage reads order i % len(order); K shrinks to the smallest scene without flash.
+Deliberate difference: orders are only shuffled in training mode (Pointcept also shuffles in eval).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.init import trunc_normal_
+
+from engine.errors import ProfileError
+from engine.models.ptv3.attention import build_attention_backend
+from engine.models.ptv3.model import Stage, _as_tuple
+from engine.models.ptv3.point import Point, build_point
+from engine.models.ptv3.serialization import SERIALIZATION_ORDERS
+from engine.models.ptv3.sparse_conv import SubMConv3d, build_sparse_conv_backend
+from engine.models.sonata.blocks import Block, Embedding
+from engine.models.sonata.pooling import GridPooling, GridUnpooling, serialize_level
+
+FLASH_DTYPE = torch.bfloat16
+"""PT-v3m2's flash path casts qkv to bf16 (PT-v3m1/SceneSplat: fp16)."""
+
+
+class PointTransformerV3M2(nn.Module):
+    """Point Transformer V3 as in Sonata/Concerto (Pointcept "PT-v3m2"), with Pointcept's constructor.
+
+    The arguments up to `freeze_encoder` are Pointcept's, with Pointcept's defaults.
+
+    Extra arguments:
+        sparse_conv_backend: "auto" (spconv on CUDA when importable, else pure torch), "torch" or "spconv".
+        attention_backend: "auto" (flash-attn on CUDA when importable and enable_flash, else SDPA),
+            "sdpa" or "flash".
+
+    Forward takes the Pointcept input dict (`coord`, `feat`, `offset` or `batch`, `grid_coord` or
+    `grid_size`, optional `mask`) and returns a `Point`: with `enc_mode`, the deepest level (rows
+    sorted by (batch, x, y, z)) whose `pooling_parent` chain leads back to level 0; otherwise level 0
+    in input row order with (N, dec_channels[0]) features.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 6,
+        order: str | Sequence[str] = ("z", "z-trans"),
+        stride: Sequence[int] = (2, 2, 2, 2),
+        enc_depths: Sequence[int] = (2, 2, 2, 6, 2),
+        enc_channels: Sequence[int] = (32, 64, 128, 256, 512),
+        enc_num_head: Sequence[int] = (2, 4, 8, 16, 32),
+        enc_patch_size: Sequence[int] = (48, 48, 48, 48, 48),
+        dec_depths: Sequence[int] = (2, 2, 2, 2),
+        dec_channels: Sequence[int] = (64, 64, 128, 256),
+        dec_num_head: Sequence[int] = (4, 4, 8, 16),
+        dec_patch_size: Sequence[int] = (48, 48, 48, 48),
+        mlp_ratio: float = 4,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.3,
+        layer_scale: float | None = None,
+        pre_norm: bool = True,
+        shuffle_orders: bool = True,
+        enable_rpe: bool = False,
+        enable_flash: bool = True,
+        upcast_attention: bool = False,
+        upcast_softmax: bool = False,
+        traceable: bool = False,
+        mask_token: bool = False,
+        enc_mode: bool = False,
+        freeze_encoder: bool = False,
+        sparse_conv_backend: str = "auto",
+        attention_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.order = (order,) if isinstance(order, str) else tuple(order)
+        for name in self.order:
+            if name not in SERIALIZATION_ORDERS:
+                raise ProfileError(f"order: unknown serialization order, got {name!r}. "
+                                   f"Use entries of {SERIALIZATION_ORDERS}.")
+        if enable_flash and (enable_rpe or upcast_attention or upcast_softmax):
+            raise ProfileError("enable_flash: flash attention cannot use enable_rpe/upcast_attention/"
+                               f"upcast_softmax, got enable_flash={enable_flash!r}. Set enable_flash=False "
+                               "or turn the other options off.")
+        self.num_stages = len(enc_depths)
+        self.enc_mode = bool(enc_mode)
+        self.shuffle_orders = shuffle_orders
+        self.freeze_encoder = freeze_encoder
+        stride = _as_tuple(stride, self.num_stages - 1, "stride")
+        enc_channels = _as_tuple(enc_channels, self.num_stages, "enc_channels")
+        enc_num_head = _as_tuple(enc_num_head, self.num_stages, "enc_num_head")
+        enc_patch_size = _as_tuple(enc_patch_size, self.num_stages, "enc_patch_size")
+        self.enc_channels = enc_channels
+        self.conv_backend = build_sparse_conv_backend(sparse_conv_backend)
+        self.attention_backend = build_attention_backend(attention_backend, enable_flash, flash_dtype=FLASH_DTYPE)
+        block_kw = dict(
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop,
+            layer_scale=layer_scale, pre_norm=pre_norm, enable_rpe=enable_rpe, enable_flash=enable_flash,
+            upcast_attention=upcast_attention, upcast_softmax=upcast_softmax,
+            conv_backend=self.conv_backend, attention_backend=self.attention_backend,
+        )
+
+        self.embedding = Embedding(in_channels, enc_channels[0], mask_token=mask_token)
+        enc_drop = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
+        self.enc = nn.Module()
+        for s in range(self.num_stages):
+            stage = Stage()
+            if s > 0:
+                stage.add_module("down", GridPooling(enc_channels[s - 1], enc_channels[s], stride[s - 1],
+                                                     self.order, shuffle_orders=shuffle_orders))
+            drops = enc_drop[sum(enc_depths[:s]) : sum(enc_depths[: s + 1])]
+            for i in range(enc_depths[s]):
+                stage.add_module(f"block{i}", Block(
+                    enc_channels[s], enc_num_head[s], enc_patch_size[s], drop_path=drops[i],
+                    order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
+                ))
+            self.enc.add_module(f"enc{s}", stage)
+
+        if not self.enc_mode:
+            n_dec = self.num_stages - 1
+            dec_depths = _as_tuple(dec_depths, n_dec, "dec_depths")
+            dec_channels = _as_tuple(dec_channels, n_dec, "dec_channels") + (enc_channels[-1],)
+            dec_num_head = _as_tuple(dec_num_head, n_dec, "dec_num_head")
+            dec_patch_size = _as_tuple(dec_patch_size, n_dec, "dec_patch_size")
+            mismatched = [s for s in range(n_dec) if dec_patch_size[s] != enc_patch_size[s]]
+            if mismatched:
+                warnings.warn(
+                    f"dec_patch_size: differs from enc_patch_size at stages {mismatched}; as in Pointcept "
+                    "the decoder reuses the encoder's patch plan, so the decoder value is ignored.",
+                    stacklevel=2,
+                )
+            dec_drop = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
+            self.dec = nn.Module()
+            for s in reversed(range(n_dec)):
+                drops = dec_drop[sum(dec_depths[:s]) : sum(dec_depths[: s + 1])][::-1]
+                stage = Stage()
+                stage.add_module("up", GridUnpooling(dec_channels[s + 1], enc_channels[s], dec_channels[s],
+                                                     traceable=traceable))
+                for i in range(dec_depths[s]):
+                    stage.add_module(f"block{i}", Block(
+                        dec_channels[s], dec_num_head[s], dec_patch_size[s], drop_path=drops[i],
+                        order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
+                    ))
+                self.dec.add_module(f"dec{s}", stage)
+        self.out_channels = enc_channels[-1] if self.enc_mode else dec_channels[0]
+        self.concat_channels = sum(enc_channels) if self.enc_mode else self.out_channels
+        if freeze_encoder:
+            for param in [*self.embedding.parameters(), *self.enc.parameters()]:
+                param.requires_grad_(False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """Pointcept's init: truncated normal (std 0.02) for Linear and sparse-conv weights, zero biases."""
+        if isinstance(module, (nn.Linear, SubMConv3d)):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def _blocks(self) -> list[Block]:
+        return [m for m in self.modules() if isinstance(m, Block)]
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recomputes every block in backward (torch.utils.checkpoint, use_reentrant=False, training only).
+
+        Args:
+            gradient_checkpointing_kwargs: accepted for Hugging Face/PEFT call compatibility; ignored.
+        """
+        for block in self._blocks():
+            block.use_checkpoint = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Stores block activations again."""
+        for block in self._blocks():
+            block.use_checkpoint = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(b.use_checkpoint for b in self._blocks())
+
+    def forward(self, data: dict) -> Point:
+        """Runs the backbone on a Pointcept input dict (see the class docstring for the result)."""
+        point = self.embedding(build_point(data))
+        point = serialize_level(point, self.order, self.shuffle_orders and self.training)
+        for stage in self.enc.children():
+            point = stage(point)
+        if not self.enc_mode:
+            for stage in self.dec.children():
+                point = stage(point)
+        return point
