@@ -276,6 +276,8 @@ def load_npy_surface(path: Path, allow_pickle_npy: bool) -> Surface:
 def skip_reason(entry: Path) -> str:
     """Say why `entry` (in a scene folder or the input folder) is not read, and what is accepted."""
     suffix = entry.suffix.lower()
+    if entry.name.startswith("."):
+        return "skipped: hidden (its name starts with '.'). Rename it without the dot if it should be read"
     if entry.is_dir():
         return ("skipped: a folder inside a scene folder is not read. Move its meshes into the scene folder, "
                 "or make it a scene folder of its own")
@@ -296,7 +298,7 @@ def _first_named(entries: list[Path], names: tuple[str, ...]) -> Path | None:
 def list_scene_files(folder: Path) -> SceneFiles:
     """Sort a scene folder's entries into meshes/surfaces, image, id map and skipped files (with reasons)."""
     entries = sorted(folder.iterdir())
-    files = [e for e in entries if e.is_file()]
+    files = [e for e in entries if e.is_file() and not e.name.startswith(".")]
     result = SceneFiles()
     result.image = _first_named(files, IMAGE_NAMES)
     result.id_map = _first_named(files, ID_MAP_NAMES)
@@ -332,6 +334,8 @@ def list_input_folder(root: Path, output_dir: Path | None = None) -> SceneFiles:
             result.skipped.append((entry.name, "skipped: this is the output folder"))
         elif entry.is_file() and entry.name in buffers:
             continue
+        elif entry.name.startswith("."):
+            result.skipped.append((entry.name, skip_reason(entry)))
         elif entry.is_dir() or (entry.is_file() and entry.suffix.lower() in MESH_SUFFIXES):
             result.inputs.append(entry)
         elif entry.suffix.lower() == SURFACE_SUFFIX:

@@ -113,6 +113,7 @@ def _build_everything_raw(raw: Path) -> None:
     (raw / "formats" / ".DS_Store").write_bytes(b"\x00")
     _copy(["box.obj"], raw / "formats" / "more")
     _copy(["empty.stl", "points_ascii.ply", "featuretype.STL", "pyramids.3mf", "README.md"], raw)
+    _copy(["box.obj"], raw / ".cache")
     np.save(raw / "loose.npy", np.zeros((4, 6)))
     linked = _copy(["TestScene.gltf"], raw / "linked")
     (linked / "TestScene.bin").symlink_to(MESHES / "TestScene.bin")
@@ -134,10 +135,11 @@ def test_every_skipped_or_refused_file_is_named_and_other_formats_are_read(tmp_p
     assert "symbolic link 'TestScene.bin'" in linked and str((MESHES / "TestScene.bin").resolve()) in linked
     assert "Re-export" not in linked and "cp --remove-destination" in linked
     skipped = {(p.scene, p.file) for p in report.skipped}
-    assert skipped == {(".", "README.md"), (".", "loose.npy"), ("formats", ".DS_Store"), ("formats", "more"),
+    assert skipped == {(".", ".cache"), (".", "README.md"), (".", "loose.npy"), ("formats", ".DS_Store"), ("formats", "more"),
                        ("formats", "notes.txt"), ("formats", "texture.png")}
     for problem in report.skipped:
         assert problem.message.startswith("skipped: ")
+    assert "hidden" in next(p.message for p in report.skipped if p.file == ".cache")
     notes = next(p.message for p in report.skipped if p.file == "notes.txt")
     assert "'.txt'" in notes and all(suffix in notes for suffix in (".3mf", ".dae", ".off", ".stl", ".npy"))
     payload = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
