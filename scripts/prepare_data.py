@@ -25,7 +25,7 @@ from engine.families.midi.prepare import prepare_dataset
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Turn scenes of meshes (OBJ, GLB, PLY, STL; optional image.png + seg.png) into MIDI-3D training data.",
+        description="Turn scenes of meshes (OBJ, GLB/glTF, PLY, STL, OFF, DAE, 3MF; optional image.png + seg.png) into MIDI-3D training data.",
         epilog="Exit codes: 0 all scenes prepared, 1 some scenes failed, 2 bad arguments or missing input.",
     )
     parser.add_argument("--input_dir", required=True, help="folder with one sub-folder (or GLB file) per scene")
