@@ -125,19 +125,33 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     return NeighbourMap(kernel_size, n, tuple(offsets), tuple(bounds), torch.cat(out_parts), torch.cat(in_parts))
 
 
-def _chunk_rows(nmap: NeighbourMap, c_in: int, c_out: int, device: torch.device) -> int:
-    """Pairs handled per step: the transient buffers hold `rows x (c_in + c_out)` elements.
+def chunk_rows(num_points: int, c_in: int, c_out: int, device_type: str) -> int:
+    """Pairs a convolution over `num_points` sites handles per step (before capping at the widest offset).
 
-    Never more than `N x min(c_in, c_out)` elements in all, so a call's transient stays within one
-    output's size whatever the scene (2x the output with it). On CPU also at most about
-    `_CPU_CHUNK_ELEMS` per buffer, which keeps the gathered rows in cache for the product; on a GPU
-    the largest chunk within the bound, so an offset takes one or two kernel launches.
+    The two chunk buffers hold `rows x (c_in + c_out)` elements: never more than `N x min(c_in, c_out)`,
+    so a call's transient stays within one output's size whatever the scene (2x the output with it).
+    On CPU also at most about `_CPU_CHUNK_ELEMS` per buffer, which keeps the gathered rows in cache for
+    the product; on a GPU the largest chunk within the bound, so an offset takes one or two launches.
     """
-    rows = max(1, nmap.num_points * min(c_in, c_out) // (c_in + c_out))
-    if device.type == "cpu":
+    rows = max(1, num_points * min(c_in, c_out) // (c_in + c_out))
+    if device_type == "cpu":
         rows = min(rows, max(1, _CPU_CHUNK_ELEMS // max(c_in, c_out)))
+    return rows
+
+
+def conv_transient_elements(num_points: int, c_in: int, c_out: int, device_type: str) -> int:
+    """Elements one convolution call allocates beyond its output (forward) or its gradients (backward).
+
+    The memory planner counts this (engine/families/scenesplat/memory.py); it is an upper bound, as
+    an offset with fewer pairs than a chunk allocates only its own.
+    """
+    return chunk_rows(num_points, c_in, c_out, device_type) * (c_in + c_out)
+
+
+def _chunk_rows(nmap: NeighbourMap, c_in: int, c_out: int, device: torch.device) -> int:
+    """`chunk_rows` for this map, capped at its widest offset (no buffer larger than one offset's pairs)."""
     widest = max((e - s for s, e in zip(nmap.bounds, nmap.bounds[1:])), default=1)
-    return max(1, min(rows, widest))
+    return max(1, min(chunk_rows(nmap.num_points, c_in, c_out, device.type), widest))
 
 
 def _accumulate_pairs(
