@@ -199,37 +199,41 @@ def _merge_and_unload(model) -> None:
 
 
 def _infer(cfg: BenchConfig) -> dict:
-    """Forward time of the base model, the LoRA model (unmerged) and the merged model; merged-output check."""
+    """Forward time of the base model, the LoRA model (unmerged) and the merged model; merged-output check.
+
+    The three models live side by side and are timed round-robin (base, unmerged, merged, then rotating),
+    so a change in machine load hits all three alike; medians of `steps` calls after `warmup` rounds.
+    """
+    import copy
+
     import torch
 
     device = _device(cfg)
     inputs, _ = _batch(cfg, device)
-    model = _build_model(cfg).to(device).eval()
-
-    def timed() -> tuple[float, torch.Tensor]:
-        times = []
-        with torch.no_grad():
-            for i in range(cfg.warmup + cfg.steps):
-                t0 = time.perf_counter()
-                out = model(**inputs).sample
-                _sync(device)
-                if i >= cfg.warmup:
-                    times.append(time.perf_counter() - t0)
-        return statistics.median(times), out
-
-    base_s, _ = timed()
-    model = _inject_lora(model, cfg.rank)
+    base = _build_model(cfg).to(device).eval()
+    lora = _inject_lora(copy.deepcopy(base), cfg.rank)
     torch.manual_seed(cfg.seed + 2)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in lora.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.02)  # a trained adapter is non-zero
-    model.to(device)
-    lora_s, lora_out = timed()
-    _merge_and_unload(model)
-    merged_s, merged_out = timed()
-    return {"base_s": base_s, "lora_s": lora_s, "merged_s": merged_s,
-            "merge_max_abs_diff": (merged_out - lora_out).abs().max().item()}
+    lora.to(device).eval()
+    merged = copy.deepcopy(lora)
+    _merge_and_unload(merged)
+    models = {"base": base, "lora": lora, "merged": merged}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    with torch.no_grad():
+        for r in range(cfg.warmup + cfg.steps):
+            for name in names[r % 3:] + names[: r % 3]:
+                t0 = time.perf_counter()
+                models[name](**inputs)
+                _sync(device)
+                if r >= cfg.warmup:
+                    times[name].append(time.perf_counter() - t0)
+        diff = (merged(**inputs).sample - lora(**inputs).sample).abs().max().item()
+    return {"base_s": statistics.median(times["base"]), "lora_s": statistics.median(times["lora"]),
+            "merged_s": statistics.median(times["merged"]), "merge_max_abs_diff": diff}
 
 
 def _child(job: str, cfg_dict: dict, queue) -> None:

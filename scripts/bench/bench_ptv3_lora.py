@@ -17,6 +17,7 @@ qkv/proj, every encoder stage) plus the trainable head, as the scenesplat family
     python scripts/bench/bench_ptv3_lora.py --points 8000 --threads 2 --json-out ptv3_lora.json
     python scripts/bench/bench_ptv3_lora.py --device cuda --points 20000
     python scripts/bench/bench_ptv3_lora.py --profile lora   # torch.profiler top ops of one LoRA train step
+    python scripts/bench/bench_ptv3_lora.py --floor --points 4000   # LoRA step / forward and where it goes
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def _train_step_fn(model, batch: dict[str, Any], seed: int):
         loss = F.cross_entropy(model(inputs), batch["segment"])
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step, sum(p.numel() for p in params)
 
@@ -213,8 +214,68 @@ def _job_profile(config: dict[str, Any]) -> dict[str, Any]:
     return {"mode": mode, "top": top, "total_ms": total / 1e3}
 
 
+def _self_ms(fn) -> dict[str, float]:
+    """Self CPU ms of one call of `fn` by operator (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+
+def _job_floor(config: dict[str, Any]) -> dict[str, Any]:
+    """LoRA step / forward of the same model in one process, and where the step's time goes.
+
+    Times round-robin: the forward without gradients (eval, as inference runs), the forward with autograd
+    recording (train mode, loss included) and the whole LoRA step. Then profiles one forward and one step
+    and splits the step's operator time into the forward's share, SDPA attention backward, matmul backward
+    and the rest, so the excess over "2 x forward" can be named.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = _device(config)
+    batch = _batch(config, device)
+    inputs = {k: v for k, v in batch.items() if k != "segment"}
+    model = _make_lora(_base_model(config), trained=False, seed=config["seed"]).to(device)
+    step, _ = _train_step_fn(model, batch, config["seed"])
+
+    def forward() -> object:
+        model.eval()
+        with torch.no_grad():
+            return model(inputs)
+
+    def forward_grad() -> object:
+        model.train()
+        torch.manual_seed(config["seed"])
+        return float(F.cross_entropy(model(inputs), batch["segment"]).detach())
+
+    times = common.time_interleaved({"forward": forward, "forward_grad": forward_grad, "step": step},
+                                    config["warmup"], config["steps"], device)
+    fwd_ops, step_ops = _self_ms(forward), _self_ms(step)
+
+    def share(ops: dict[str, float], match) -> float:
+        return sum(ms for name, ms in ops.items() if match(name))
+
+    def is_attn(name: str) -> bool:
+        return "scaled_dot_product" in name
+
+    attn_fwd = share(fwd_ops, is_attn)
+    attn_bwd = share(step_ops, lambda n: is_attn(n) and "backward" in n)
+    return {
+        "points": int(batch["coord"].shape[0]), "times": times, "clock": common.timing_key(device),
+        "profile_ms": {
+            "forward_total": sum(fwd_ops.values()), "step_total": sum(step_ops.values()),
+            "forward_attention": attn_fwd, "step_attention_backward": attn_bwd,
+            "step_attention_forward": share(step_ops, lambda n: is_attn(n) and "backward" not in n),
+            "forward_mm": share(fwd_ops, lambda n: n in ("aten::mm", "aten::addmm")),
+            "step_mm": share(step_ops, lambda n: n in ("aten::mm", "aten::addmm")),
+        },
+    }
+
+
 JOBS = {"train_time": _job_train_time, "train_memory": _job_train_memory, "infer": _job_infer,
-        "profile": _job_profile}
+        "profile": _job_profile, "floor": _job_floor}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -233,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--skip-memory", action="store_true", help="skip the per-mode memory processes")
     parser.add_argument("--profile", choices=["full", "lora", "base", "unmerged", "merged"], default=None,
                         help="only profile one step of this mode with torch.profiler and print the top ops")
+    parser.add_argument("--floor", action="store_true",
+                        help="only LoRA step / forward in one process, with the profile split (issue 17)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -255,6 +318,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for row in prof["top"]:
                 print(f"  {row['op']:<48}{row['self_ms']:>10.1f} ms {100 * row['share']:>5.1f}%  x{row['calls']}")
         payload = {"bench": "ptv3_lora", "machine": machine, "config": config, "profile": prof}
+        common.write_json(args.json_out, payload)
+        return payload
+
+    if args.floor:
+        floor = common.run_child(script, "floor", config)
+        if "error" in floor:
+            print(f"floor failed: {floor['error']}")
+            return {"bench": "ptv3_lora", "machine": machine, "config": config, "floor": floor}
+        t = {name: floor["times"][name][floor["clock"]] for name in floor["times"]}
+        prof_ms = floor["profile_ms"]
+        a = prof_ms["forward_attention"] / prof_ms["forward_total"]
+        attn_ratio = prof_ms["step_attention_backward"] / max(prof_ms["forward_attention"], 1e-9)
+        print(f"points {floor['points']}; s (median {floor['clock']}): forward {t['forward']:.3f}, forward with "
+              f"autograd {t['forward_grad']:.3f}, LoRA step {t['step']:.3f}")
+        print(f"profile: attention is {100 * a:.1f}% of the forward; its backward costs {attn_ratio:.2f}x its "
+              f"forward; matmuls {prof_ms['forward_mm']:.0f} ms in the forward, {prof_ms['step_mm']:.0f} ms in the step")
+        rows = [
+            common.goal_row("LoRA step / forward (same model, one process)", common.ratio(t["step"], t["forward"]), 2.2),
+            {"name": "forward with autograd / forward", "value": common.ratio(t["forward_grad"], t["forward"]),
+             "goal": "report", "status": "info"},
+            {"name": "floor if every op's backward cost its forward, but attention's as measured",
+             "value": 2 + a * (attn_ratio - 1), "goal": "report", "status": "info"},
+        ]
+        common.print_rows(rows)
+        payload = {"bench": "ptv3_lora", "machine": machine, "config": config, "floor": floor, "rows": rows}
         common.write_json(args.json_out, payload)
         return payload
 

@@ -25,6 +25,8 @@ module produces each of those arrays in its range and transforms.py only concate
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,12 @@ SPLITS = ("train", "val", "test")
 # ScanNetGSDataset clips the stored (exp) scale to [0, 1.5]; GenericGSDataset uses [1e-4, 1.0].
 DEFAULT_SCALE_CLIP = (0.0, 1.5)
 IGNORE_INDEX = -1
+# Indexing a split (listing and, with on_error="skip", reading every scene's headers) reports progress
+# once it has taken this long, and then at this interval, so a large dataset on a slow disk is not silent.
+PROGRESS_AFTER_S = 2.0
+PROGRESS_EVERY_S = 5.0
+
+_log = logging.getLogger(__name__)
 
 # name -> (trailing shape, kind); None in a shape means "any size"; kind is "float", "int",
 # "color" (uint8 or float) or "mask" (bool or int).
@@ -327,6 +335,9 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         label_key: `segment`, `segment20` or `segment200`.
         scale_clip: (low, high) clip of the stored scale.
         seed: base seed of the per-sample generators.
+        progress: called with a one-line message while indexing takes longer than
+            `PROGRESS_AFTER_S` (every `PROGRESS_EVERY_S`, and once when done); None logs the messages
+            at INFO on this module's logger.
     """
 
     def __init__(
@@ -339,6 +350,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         label_key: str = "segment",
         scale_clip: tuple[float, float] = DEFAULT_SCALE_CLIP,
         seed: int = 0,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         if on_error not in ("stop", "skip"):
             raise DataError(f"on_error: unknown mode, got {on_error!r}. Use 'stop' or 'skip'.")
@@ -358,14 +370,33 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.skipped: list[tuple[str, str]] = []
-        self.scenes = list_scenes(self.root, split)
-        if on_error == "skip":
-            self.scenes = [s for s in self.scenes if self._header_ok(s)]
+        self.scenes = self._index(progress or (lambda message: _log.info("%s", message)))
         if not self.scenes:
             raise DataError(
                 f"{self.root / split}: no usable scene folders, got {len(self.skipped)} skipped. "
                 "Add scene folders (one folder of .npy files per scene) or run `lora3d data-check`."
             )
+
+    def _index(self, progress: Callable[[str], None]) -> list[Path]:
+        """Lists the split's scene folders (checking their headers with on_error="skip"), reporting progress."""
+        start = time.monotonic()
+        next_report = start + PROGRESS_AFTER_S
+        where = self.root / self.split
+        scenes = list_scenes(self.root, self.split)
+        reported = False
+        kept = []
+        for i, folder in enumerate(scenes):
+            if self.on_error != "skip" or self._header_ok(folder):
+                kept.append(folder)
+            now = time.monotonic()
+            if now >= next_report:
+                progress(f"{where}: indexing scene folders, {i + 1}/{len(scenes)} checked ({now - start:.0f} s)")
+                next_report = now + PROGRESS_EVERY_S
+                reported = True
+        if reported or time.monotonic() - start >= PROGRESS_AFTER_S:
+            progress(f"{where}: indexed {len(kept)} scene folders in {time.monotonic() - start:.1f} s"
+                     + (f" ({len(scenes) - len(kept)} skipped)" if len(kept) < len(scenes) else ""))
+        return kept
 
     def _header_ok(self, folder: Path) -> bool:
         """Cheap check at construction: required files exist and their headers agree on N."""

@@ -14,6 +14,13 @@ Assumptions:
   data, at `data.grid_size`).
 - A submanifold 3x3x3 neighbourhood holds about `_NEIGHBOURS_K3` active sites on a surface, 5x5x5
   about `_NEIGHBOURS_K5` (neighbour maps are int64 pairs, built once per level).
+- A pure-torch sparse convolution allocates, beyond its output, two chunk buffers of at most
+  N x C elements (`conv_transient_bytes`; about 2 MiB on CPU); spconv's own buffers are taken to be
+  no larger.
+
+`inference_memory` is the forward-only (no gradient) peak, for prediction and evaluation: the
+weights, the inputs and index buffers, and the largest set of tensors alive at once during the
+forward (one block's MLP at the widest level, with the encoder features kept for the decoder).
 """
 
 from __future__ import annotations
@@ -47,6 +54,83 @@ _SEARCH_BLOCK_BYTES = 48 * 1024**2
 above the table plus the counted activations, independent of the points)."""
 _INPUT_BYTES_PER_POINT = 12 + 24 + 8 + 8
 """coord (3 x fp32), grid_coord (3 x int64), segment and batch index (int64) per point."""
+_GLIBC_MMAP_MAX = 32 * 1024**2
+"""glibc's largest dynamic mmap threshold (64-bit): smaller blocks come from the heap."""
+_CPU_HEAP_RETENTION = 1.5
+"""Peak RSS above the live tensors, per byte of small (heap) tensors alive at once; measured at 4k-50k
+points of the SceneSplat shape (1.43, 1.52, 1.63), see `inference_memory`."""
+
+
+def _device_type(profile: Any) -> str:
+    """"cuda" or "cpu", as the estimate resolves `train.device` (auto: `hardware.cpu_mode`, then torch)."""
+    device = profile.train.device
+    if device in ("cpu", "cuda"):
+        return device
+    hardware = getattr(profile, "hardware", None)
+    if hardware is not None:
+        return "cpu" if hardware.cpu_mode else "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _lookup_table_bytes(profile: Any) -> float:
+    """The stem's 5x5x5 neighbour search looks sites up in a dense int64 table over the scene's grid."""
+    room = SYNTHETIC_ROOM_M if profile.data.root is None else DEFAULT_ROOM_M
+    cells = 1.0
+    for metres in room:
+        cells *= metres / profile.data.grid_size + 5
+    return 8 * cells
+
+
+def _search_bytes(profile: Any, points: int) -> float:
+    """Transient of the stem's 5x5x5 neighbour search over one scene, by the rule it follows.
+
+    The dense int64 table is used only when the grid is small (`_DENSE_TABLE_MAX` cells, or
+    `_DENSE_CELLS_PER_QUERY` per query), else the sorted keys (16 bytes per point); the queries run in
+    blocks of up to 2^24 entries, about 20 bytes each (the keys, the lookup result, the hit mask and
+    the hits' indices; measured 19-20 at 16k-50k points).
+    """
+    from engine.models.ptv3 import sparse_conv
+
+    queries = 124 * points
+    table = _lookup_table_bytes(profile)
+    if table / 8 > max(sparse_conv._DENSE_TABLE_MAX, sparse_conv._DENSE_CELLS_PER_QUERY * (queries + points)):
+        table = 16 * points
+    return table + 20 * min(1 << 24, queries)
+
+
+def _level_factors(cfg: dict[str, Any]) -> list[float]:
+    """Tokens per level relative to the input points (1/stride per pooling, see the module docstring)."""
+    factors = [1.0]
+    for s in cfg["stride"][: len(cfg["enc_depths"]) - 1]:
+        factors.append(factors[-1] / float(s))
+    return factors
+
+
+def _conv_layers(cfg: dict[str, Any]) -> list[tuple[float, int, int]]:
+    """(tokens factor, C_in, C_out) of every submanifold convolution: the stem and each block's CPE."""
+    factors = _level_factors(cfg)
+    enc_ch = cfg["enc_channels"]
+    convs = [(1.0, int(cfg["in_channels"]), int(enc_ch[0]))]
+    convs += [(factors[s], int(c), int(c)) for s, c in enumerate(enc_ch)]
+    if not (cfg["enc_mode"] or cfg["cls_mode"]):
+        convs += [(factors[s], int(c), int(c)) for s, c in enumerate(cfg["dec_channels"][: len(enc_ch) - 1])]
+    return convs
+
+
+def conv_transient_bytes(cfg: dict[str, Any], points: int, device_type: str, element_bytes: int = 4) -> int:
+    """The largest transient one sparse convolution of this backbone allocates beyond its output or gradients.
+
+    Counted from the convolution's own chunking rule (`conv_transient_elements`): on CPU a fixed
+    cache-sized chunk, on CUDA at most N x C elements of the level it runs at.
+    """
+    from engine.models.ptv3.sparse_conv import conv_transient_elements
+
+    return max(
+        conv_transient_elements(max(1, int(points * factor)), c_in, c_out, device_type) * element_bytes
+        for factor, c_in, c_out in _conv_layers(cfg)
+    )
 
 
 def _config(backbone: dict[str, Any]) -> dict[str, Any]:
@@ -116,10 +200,7 @@ def describe_memory(recipe: Any) -> MemoryDescription:
     n_orders = len(cfg["order"])
     targets = _target_stage_names(lora, num_enc, num_dec)
 
-    # Tokens per level relative to the input points (1/stride per pooling, see the module docstring).
-    factors = [1.0]
-    for s in cfg["stride"][: num_enc - 1]:
-        factors.append(factors[-1] / float(s))
+    factors = _level_factors(cfg)
 
     frozen = 125 * cfg["in_channels"] * enc_ch[0] + 2 * enc_ch[0]
     lora_per_rank = 0
@@ -203,11 +284,9 @@ def describe_memory(recipe: Any) -> MemoryDescription:
     for f in factors[:num_enc]:
         index_bytes += f * (3 * 8 * n_orders + 16 * _NEIGHBOURS_K3 + 16)
     points, source = points_per_scene(profile)
-    # The stem's 5x5x5 neighbour search looks sites up in a dense int64 table over the scene's grid.
-    room = SYNTHETIC_ROOM_M if profile.data.root is None else DEFAULT_ROOM_M
-    cells = 1.0
-    for metres in room:
-        cells *= metres / profile.data.grid_size + 5
+    # Counted in fp32 whatever `mixed_precision` says: the planner reuses one description while it
+    # varies the precision, and under bf16 this small term is merely counted twice over.
+    conv_bytes = conv_transient_bytes(cfg, points, _device_type(profile))
     notes = [f"points per scene: {points} ({source})",
              "PTv3 attention: O(points x patch) through SDPA/flash, no stored scores"
              if not scores_stored else "PTv3 attention: math path (enable_rpe/upcast) stores heads x patch per point"]
@@ -221,8 +300,97 @@ def describe_memory(recipe: Any) -> MemoryDescription:
         lora_params_per_rank=int(lora_per_rank),
         input_bytes_per_token=float(input_bytes),
         index_bytes_per_token=float(index_bytes),
-        fixed_bytes_per_sample=8 * cells + _SEARCH_BLOCK_BYTES,
+        fixed_bytes_per_sample=_lookup_table_bytes(profile) + _SEARCH_BLOCK_BYTES + conv_bytes,
         lever=Lever("points per scene", "data.point_budget", max(64, points // 2)),
         tokens_vary=True,
         notes=notes,
     )
+
+
+def _block_phases(c: int, mlp_ratio: float, tokens: float, device_type: str) -> list[list[float]]:
+    """Tensors (elements each) alive at the widest moments of one block run without gradients.
+
+    MLP: the block input, the CPE conv's input, the CPE branch, the attention residual, norm2's output,
+    fc1's output and GELU's (6 x C, 2 x h). Attention: the first four, norm1's output, and qkv projected
+    and gathered into patch order (5 x C, 2 x 3C). CPE: input, conv input, conv output and the conv's two
+    chunk buffers (`conv_transient_elements`).
+    """
+    from engine.models.ptv3.sparse_conv import conv_transient_elements
+
+    h = int(c * mlp_ratio)
+    chunk = conv_transient_elements(max(1, int(tokens)), c, c, device_type) / 2
+    return [[c * tokens] * 6 + [h * tokens] * 2,
+            [c * tokens] * 5 + [3 * c * tokens] * 2,
+            [c * tokens] * 3 + [chunk, chunk]]
+
+
+def _forward_phases(cfg: dict[str, Any], points: int, head_width: int, device_type: str) -> list[list[float]]:
+    """Every widest moment of one forward without gradients, as the tensors (elements each) alive then."""
+    from engine.models.ptv3.sparse_conv import conv_transient_elements
+
+    factors = _level_factors(cfg)
+    enc_ch = cfg["enc_channels"]
+    ratio = float(cfg["mlp_ratio"])
+    n = [points * f for f in factors]
+    c0, c_in = int(enc_ch[0]), int(cfg["in_channels"])
+    chunk = conv_transient_elements(points, c_in, c0, device_type) / 2
+    # Stem: input features, conv output plus its chunks, BatchNorm and GELU outputs.
+    phases = [[c_in * n[0]] + [c0 * n[0]] * 3 + [chunk, chunk]]
+    kept: list[float] = []  # encoder outputs held (as pooling parents) for the decoder's skip connections
+    for s in range(len(enc_ch)):
+        if s > 0:
+            kept.append(n[s - 1] * enc_ch[s - 1])
+            # Pooling: proj at the finer level, segment sum and mean at the coarser one.
+            phases.append(kept + [n[s - 1] * enc_ch[s]] + [n[s] * enc_ch[s]] * 3)
+        phases += [kept + phase for phase in _block_phases(enc_ch[s], ratio, n[s], device_type)]
+    width = enc_ch[-1]
+    if not (cfg["enc_mode"] or cfg["cls_mode"]):
+        dec_ch = cfg["dec_channels"]
+        for s in reversed(range(len(enc_ch) - 1)):
+            skip = kept.pop()  # this level's encoder output, consumed by its unpooling
+            cd = dec_ch[s]
+            # Unpooling: the skip and coarse features, their projections, the gather and the sum.
+            phases.append(kept + [skip, n[s + 1] * width, n[s + 1] * cd] + [n[s] * cd] * 3)
+            phases += [kept + phase for phase in _block_phases(cd, ratio, n[s], device_type)]
+            width = cd
+    phases.append([n[0] * width, n[0] * head_width, n[0] * head_width])
+    return phases
+
+
+def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None = None) -> dict[str, int]:
+    """Peak bytes of one forward pass without gradients (prediction, evaluation) at the recipe's points.
+
+    Parts: `weights` (every parameter in fp32, LoRA unmerged included), `inputs` and `index` (per
+    point, as in training), `activations` (`_forward_phases`: the most tensors alive at once, each
+    sparse convolution's chunk buffers included), `search` (the stem's neighbour search: dense lookup
+    table and query blocks; it runs before the blocks and is freed, so only the larger of
+    `activations` and `search` counts) and, on CPU, `heap_retention`: glibc serves tensors under its
+    largest mmap threshold (32 MiB) from the heap and keeps freed heap blocks resident, so while the
+    blocks run the peak RSS exceeds the live tensors by about `_CPU_HEAP_RETENTION` x the most such
+    small activation tensors alive at once (measured 1.4-1.6x at 4k-50k points of the SceneSplat shape,
+    scripts/bench/bench_ptv3_memory.py). `expected` is weights + inputs + index + the larger of
+    (activations + heap_retention) and search; no safety margin.
+    """
+    profile, options = recipe.profile, recipe.options
+    cfg = _config(options.backbone)
+    description = describe_memory(recipe)
+    device_type = device_type or _device_type(profile)
+    points = description.tokens_per_sample * batch_size
+    head = options.num_classes if options.task == "semseg" else output_width(cfg)
+    inputs = points * description.input_bytes_per_token
+    index = points * description.index_bytes_per_token
+    live = small = 0.0
+    for phase in _forward_phases(cfg, points, head, device_type):
+        live = max(live, 4 * sum(phase))
+        small = max(small, 4 * sum(e for e in phase if 4 * e < _GLIBC_MMAP_MAX))
+    parts = {
+        "weights": 4 * (description.frozen_params + description.lora_params + description.other_trainable_params),
+        "inputs": int(inputs),
+        "index": int(index),
+        "activations": int(live),
+        "search": int(batch_size * _search_bytes(profile, description.tokens_per_sample)),
+        "heap_retention": int(_CPU_HEAP_RETENTION * small) if device_type == "cpu" else 0,
+    }
+    parts["expected"] = (parts["weights"] + parts["inputs"] + parts["index"]
+                         + max(parts["activations"] + parts["heap_retention"], parts["search"]))
+    return parts

@@ -41,7 +41,20 @@ POINT_KEYS = (
     "valid_feat_mask",
 )
 FEAT_KEYS = ("color", "opacity", "quat", "scale")
+_TIE_BITS = 20
+"""Random bits appended to voxel keys by GridSample's train mode (ties among ~1M points are rare)."""
 Sample = dict[str, Any]
+
+
+def _bounds(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column minimum and maximum of an (N, D) array.
+
+    numpy reduces `axis=0` of a C-ordered (N, 3) array with a 3-long inner loop, 15x slower than one
+    strided reduction per column (60 ms vs 4 ms for 1M points).
+    """
+    lo = np.array([array[:, i].min() for i in range(array.shape[1])], dtype=array.dtype)
+    hi = np.array([array[:, i].max() for i in range(array.shape[1])], dtype=array.dtype)
+    return lo, hi
 
 
 def _select(sample: Sample, index: np.ndarray, keys: Sequence[str] = POINT_KEYS) -> Sample:
@@ -92,9 +105,9 @@ class CenterShift(Transform):
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = sample["coord"]
-        lo, hi = coord.min(axis=0), coord.max(axis=0)
-        shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2] if self.apply_z else 0.0])
-        return {**sample, "coord": (coord - shift).astype(coord.dtype)}
+        lo, hi = _bounds(coord)
+        shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2] if self.apply_z else 0.0], dtype=coord.dtype)
+        return {**sample, "coord": coord - shift}
 
 
 class RandomDropout(Transform):
@@ -111,7 +124,10 @@ class RandomDropout(Transform):
             return sample
         n = len(sample["coord"])
         keep = max(1, int(n * (1 - self.dropout_ratio)))
-        return _select(sample, np.sort(rng.choice(n, keep, replace=False)))
+        # Draw the (fewer) dropped points and keep the rest in input order: no shuffle, no sort of 1M indices.
+        mask = np.ones(n, dtype=bool)
+        mask[rng.choice(n, n - keep, replace=False, shuffle=False)] = False
+        return _select(sample, np.flatnonzero(mask))
 
 
 def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -130,7 +146,9 @@ def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _w_positive(quat: np.ndarray) -> np.ndarray:
-    return np.where(quat[:, :1] < 0, -quat, quat)
+    """Flips rows with w < 0 (q and -q are the same rotation); in place on `quat`, which is returned."""
+    np.negative(quat, out=quat, where=quat[:, :1] < 0)
+    return quat
 
 
 class RandomRotate(Transform):
@@ -179,16 +197,20 @@ def rotate(sample: Sample, theta: float, axis: str = "z", enable_quat: bool = Tr
     rot[j, j], rot[j, k], rot[k, j], rot[k, k] = c, -s, s, c
     out = dict(sample)
     coord = sample["coord"]
-    center = (coord.min(axis=0) + coord.max(axis=0)) / 2
-    out["coord"] = ((coord - center) @ rot.T + center).astype(coord.dtype)
+    # One small matmul per array in the arrays' own dtype (float32 for scenes): a 1M-Gaussian scene
+    # otherwise spends most of its augmentation time in float64 temporaries.
+    lo, hi = _bounds(coord)
+    center = ((lo + hi) / 2).astype(coord.dtype)
+    out["coord"] = (coord - center) @ rot.T.astype(coord.dtype) + center
     if "normal" in sample:
-        out["normal"] = (sample["normal"] @ rot.T).astype(sample["normal"].dtype)
+        out["normal"] = sample["normal"] @ rot.T.astype(sample["normal"].dtype)
     if enable_quat and "quat" in sample:
         r = np.zeros(4)
         r[0] = np.cos(theta / 2)
         r[1 + i] = np.sin(theta / 2)
-        quat = _quat_multiply(r[None, :], sample["quat"].astype(np.float64))
-        out["quat"] = _w_positive(quat).astype(sample["quat"].dtype)
+        # r * q is linear in q: row k of `left` is r * e_k, so r * q = q @ left for row quaternions.
+        left = _quat_multiply(r[None, :], np.eye(4)).astype(sample["quat"].dtype)
+        out["quat"] = _w_positive(sample["quat"] @ left)
     return out
 
 
@@ -260,8 +282,10 @@ class RandomJitter(Transform):
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = sample["coord"]
-        noise = np.clip(self.sigma * self._rng(rng).standard_normal(coord.shape), -self.clip, self.clip)
-        return {**sample, "coord": (coord + noise).astype(coord.dtype)}
+        noise = self._rng(rng).standard_normal(coord.shape, dtype=np.float32)
+        noise *= self.sigma
+        np.clip(noise, -self.clip, self.clip, out=noise)
+        return {**sample, "coord": (coord + noise).astype(coord.dtype, copy=False)}
 
 
 class ChromaticAutoContrast(Transform):
@@ -280,7 +304,7 @@ class ChromaticAutoContrast(Transform):
         if rng.random() >= self.p:
             return sample
         color = sample["color"]
-        lo, hi = color.min(axis=0, keepdims=True), color.max(axis=0, keepdims=True)
+        lo, hi = (b[None, :] for b in _bounds(color))
         stretched = (color - lo) * (2.0 / np.maximum(hi - lo, 1e-6)) - 1.0
         blend = rng.random() if self.blend_factor is None else self.blend_factor
         out = (1 - blend) * color + blend * stretched
@@ -300,8 +324,9 @@ class ChromaticTranslation(Transform):
         if rng.random() >= self.p:
             return sample
         color = sample["color"]
-        shift = (rng.random((1, 3)) - 0.5) * 2 * 2 * self.ratio
-        return {**sample, "color": np.clip(color + shift, -1, 1).astype(color.dtype)}
+        shift = ((rng.random((1, 3)) - 0.5) * 2 * 2 * self.ratio).astype(color.dtype)
+        out = color + shift
+        return {**sample, "color": np.clip(out, -1, 1, out=out)}
 
 
 class ChromaticJitter(Transform):
@@ -317,8 +342,10 @@ class ChromaticJitter(Transform):
         if rng.random() >= self.p:
             return sample
         color = sample["color"]
-        noise = rng.standard_normal(color.shape) * self.std * 2
-        return {**sample, "color": np.clip(color + noise, -1, 1).astype(color.dtype)}
+        noise = rng.standard_normal(color.shape, dtype=np.float32)
+        noise *= self.std * 2
+        noise += color
+        return {**sample, "color": np.clip(noise, -1, 1, out=noise).astype(color.dtype, copy=False)}
 
 
 class NormalizeColor(Transform):
@@ -356,17 +383,25 @@ class GridSample(Transform):
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = sample["coord"]
         grid = np.floor(coord.astype(np.float64) / self.grid_size).astype(np.int64)
-        grid -= grid.min(axis=0)
-        dims = grid.max(axis=0) + 1
+        lo, hi = _bounds(grid)
+        grid -= lo
+        dims = hi - lo + 1
         key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
-        if self.mode == "train":
+        if self.mode == "train" and int(key.max()) < 1 << (62 - _TIE_BITS):
+            # Random point per voxel: sort voxel keys with random low bits appended (one int64 argsort,
+            # 3x faster than lexsort on 1M points); equal draws are broken arbitrarily.
+            ties = self._rng(rng).integers(0, 1 << _TIE_BITS, len(key), dtype=np.int64)
+            order = np.argsort((key << _TIE_BITS) | ties)
+        elif self.mode == "train":
             order = np.lexsort((self._rng(rng).random(len(key)), key))
         else:
             order = np.argsort(key, kind="stable")
         sorted_key = key[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = sorted_key[1:] != sorted_key[:-1]
-        index = np.sort(order[first])
+        keep = np.zeros(len(order), dtype=bool)
+        keep[order[first]] = True
+        index = np.flatnonzero(keep)  # input order, without sorting the kept indices
         out = _select(sample, index, self.keys)
         # min over the kept points equals the min over all points: every voxel keeps one point.
         out["grid_coord"] = grid[index]
@@ -395,7 +430,8 @@ class SphereCrop(Transform):
         if self.mode == "random":
             center = coord[self._rng(rng).integers(n)]
         else:
-            center = (coord.min(axis=0) + coord.max(axis=0)) / 2
+            lo, hi = _bounds(coord)
+            center = (lo + hi) / 2
         dist = np.sum((coord - center) ** 2, axis=1)
         index = np.sort(np.argsort(dist, kind="stable")[: self.point_max])
         return _select(sample, index)

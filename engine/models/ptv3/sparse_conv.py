@@ -5,7 +5,11 @@ The weight uses spconv's KRSC layout `W[out, a, b, c, in]` so checkpoints load u
 sites of the same scene, evaluated only at the input sites. The pure-torch backend hashes
 (batch, x, y, z), sorts the keys once and finds every neighbour with `searchsorted`; the resulting
 neighbour map is cached on the level (like spconv's indice keys) and reused by every block of that
-level and by the decoder. spconv is used only on CUDA: its CPU wheel is wrong with >1 thread.
+level and by the decoder. The convolution walks the map's pairs offset by offset in fixed-size chunks
+(gather rows, multiply by that offset's kernel, add into the output), forward and backward, so its
+transient memory is two chunk buffers, never all pairs at once (`_chunk_rows`). spconv is used only
+on CUDA: its CPU wheel is wrong with >1 thread. No backend keeps the spconv module object on itself
+(module objects cannot be deep-copied, and `copy.deepcopy(model)` must work).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from engine.errors import HardwareError
 
@@ -24,6 +29,9 @@ SPARSE_CONV_BACKENDS = ("auto", "torch", "spconv")
 # or at most this many cells per neighbour query; otherwise sorted keys are binary-searched.
 _DENSE_TABLE_MAX = 1 << 24
 _DENSE_CELLS_PER_QUERY = 16
+# Elements per chunk buffer of the CPU convolution (1 MiB of fp32): small enough to stay in cache
+# between the gather and the product, large enough that per-chunk call overhead is negligible.
+_CPU_CHUNK_ELEMS = 1 << 18
 
 
 def _import_spconv() -> Any | None:
@@ -117,20 +125,64 @@ def build_neighbour_map(batch: torch.Tensor, grid_coord: torch.Tensor, kernel_si
     return NeighbourMap(kernel_size, n, tuple(offsets), tuple(bounds), torch.cat(out_parts), torch.cat(in_parts))
 
 
-def _per_offset_mm(rows: torch.Tensor, kernels: torch.Tensor, nmap: NeighbourMap) -> torch.Tensor:
-    """Multiplies each offset's block of rows (P, C_a) by its kernel `kernels[o]` (C_a, C_b).
+def chunk_rows(num_points: int, c_in: int, c_out: int, device_type: str) -> int:
+    """Pairs a convolution over `num_points` sites handles per step (before capping at the widest offset).
 
-    Results go into one preallocated (P, C_b) buffer; concatenating per-offset parts cost as much
-    as the products themselves.
+    The two chunk buffers hold `rows x (c_in + c_out)` elements: never more than `N x min(c_in, c_out)`,
+    so a call's transient stays within one output's size whatever the scene (2x the output with it).
+    On CPU also at most about `_CPU_CHUNK_ELEMS` per buffer, which keeps the gathered rows in cache for
+    the product; on a GPU the largest chunk within the bound, so an offset takes one or two launches.
     """
-    buf = rows.new_empty(rows.shape[0], kernels.shape[2])
+    rows = max(1, num_points * min(c_in, c_out) // (c_in + c_out))
+    if device_type == "cpu":
+        rows = min(rows, max(1, _CPU_CHUNK_ELEMS // max(c_in, c_out)))
+    return rows
+
+
+def conv_transient_elements(num_points: int, c_in: int, c_out: int, device_type: str) -> int:
+    """Elements one convolution call allocates beyond its output (forward) or its gradients (backward).
+
+    The memory planner counts this (engine/families/scenesplat/memory.py); it is an upper bound, as
+    an offset with fewer pairs than a chunk allocates only its own.
+    """
+    return chunk_rows(num_points, c_in, c_out, device_type) * (c_in + c_out)
+
+
+def _chunk_rows(nmap: NeighbourMap, c_in: int, c_out: int, device: torch.device) -> int:
+    """`chunk_rows` for this map, capped at its widest offset (no buffer larger than one offset's pairs)."""
+    widest = max((e - s for s, e in zip(nmap.bounds, nmap.bounds[1:])), default=1)
+    return max(1, min(chunk_rows(nmap.num_points, c_in, c_out, device.type), widest))
+
+
+def _accumulate_pairs(
+    dst: torch.Tensor,
+    src: torch.Tensor,
+    kernels: torch.Tensor,
+    src_index: torch.Tensor,
+    dst_index: torch.Tensor,
+    nmap: NeighbourMap,
+    rows: int,
+) -> None:
+    """`dst[dst_index[p]] += src[src_index[p]] @ kernels[o]` for every pair p of every offset o, `rows` at a time.
+
+    Within one offset every site appears at most once on either side, so `index_add_` never adds
+    two products into one row (deterministic on CUDA too). The two buffers are reused by every chunk.
+    """
+    gathered = src.new_empty(rows, src.shape[1])
+    product = src.new_empty(rows, kernels.shape[2])
     for o, s, e in zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]):
-        torch.mm(rows[s:e], kernels[o], out=buf[s:e])
-    return buf
+        for a in range(s, e, rows):
+            b = min(a + rows, e)
+            g = torch.index_select(src, 0, src_index[a:b], out=gathered[: b - a])
+            dst.index_add_(0, dst_index[a:b], torch.mm(g, kernels[o], out=product[: b - a]))
 
 
 class _SubmConvFunction(torch.autograd.Function):
-    """Gather-matmul-scatter over kernel offsets; saves only the input, not the gathered copies."""
+    """Gather-matmul-scatter over kernel offsets in bounded chunks; saves only the input and weight.
+
+    Neither direction materialises all pairs: the gathered rows and their products live in two
+    chunk buffers (`_chunk_rows`), forward and backward alike.
+    """
 
     @staticmethod
     def forward(ctx, feat: torch.Tensor, weight: torch.Tensor, nmap: NeighbourMap) -> torch.Tensor:
@@ -138,35 +190,47 @@ class _SubmConvFunction(torch.autograd.Function):
         w = weight.reshape(c_out, k * k * k, -1)  # (C_out, k^3, C_in)
         out = feat @ w[:, (k * k * k) // 2, :].t()
         if nmap.offsets:
-            gathered = feat.index_select(0, nmap.in_index)  # (P, C_in)
-            out.index_add_(0, nmap.out_index, _per_offset_mm(gathered, w.permute(1, 2, 0), nmap))
+            rows = _chunk_rows(nmap, feat.shape[1], c_out, feat.device)
+            _accumulate_pairs(out, feat, w.permute(1, 2, 0), nmap.in_index, nmap.out_index, nmap, rows)
         ctx.save_for_backward(feat, weight)
         ctx.nmap = nmap
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         feat, weight = ctx.saved_tensors
         nmap = ctx.nmap
         c_out, k = weight.shape[0], weight.shape[1]
-        w = weight.reshape(c_out, k * k * k, -1)
+        c_in = feat.shape[1]
+        w = weight.reshape(c_out, k * k * k, c_in)
         centre = (k * k * k) // 2
-        spans = list(zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]))
-        grad_rows = grad_out.index_select(0, nmap.out_index) if spans else None  # (P, C_out)
-        grad_feat = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_feat = grad_out @ w[:, centre, :]
-            if spans:
-                grad_feat.index_add_(0, nmap.in_index, _per_offset_mm(grad_rows, w.permute(1, 0, 2), nmap))
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(w)
-            grad_w[:, centre, :] = grad_out.t() @ feat
-            if spans:
-                gathered = feat.index_select(0, nmap.in_index)
-                for o, s, e in spans:
-                    grad_w[:, o, :] = grad_rows[s:e].t() @ gathered[s:e]
-            grad_w = grad_w.reshape(weight.shape)
-        return grad_feat, grad_w, None
+        grad_out = grad_out.contiguous()
+        need_feat, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = _chunk_rows(nmap, c_in, c_out, feat.device)
+        grad_feat = grad_out @ w[:, centre, :] if need_feat else None
+        grad_w = None
+        if need_weight:
+            # Accumulated in place in the KRSC layout: BLAS writes the strided (C_out, C_in) block of
+            # each offset directly, so the weight gradient is never copied or re-laid out.
+            grad_w = feat.new_zeros(c_out, k * k * k, c_in)
+            grad_w[:, centre, :].addmm_(grad_out.t(), feat)
+        if nmap.offsets and need_feat and not need_weight:
+            _accumulate_pairs(grad_feat, grad_out, w.permute(1, 0, 2), nmap.out_index, nmap.in_index, nmap, rows)
+        elif nmap.offsets and need_weight:
+            # One gather of the output gradient per chunk serves both gradients.
+            grad_rows = grad_out.new_empty(rows, c_out)
+            in_rows = feat.new_empty(rows, c_in)
+            for o, s, e in zip(nmap.offsets, nmap.bounds, nmap.bounds[1:]):
+                for a in range(s, e, rows):
+                    b = min(a + rows, e)
+                    g = torch.index_select(grad_out, 0, nmap.out_index[a:b], out=grad_rows[: b - a])
+                    x = in_rows[: b - a]
+                    if need_feat:
+                        grad_feat.index_add_(0, nmap.in_index[a:b], torch.mm(g, w[:, o, :], out=x))
+                    torch.index_select(feat, 0, nmap.in_index[a:b], out=x)
+                    grad_w[:, o, :].addmm_(g.t(), x)
+        return grad_feat, None if grad_w is None else grad_w.view(weight.shape), None
 
 
 def submanifold_conv3d(
@@ -224,8 +288,8 @@ class SpconvSparseConvBackend:
     name = "spconv"
 
     def __init__(self) -> None:
-        self._spconv = _import_spconv()
-        if self._spconv is None:
+        # Only checked here; `conv` imports it again (a dict lookup) rather than keeping the module.
+        if _import_spconv() is None:
             raise HardwareError(
                 "sparse_conv_backend: `spconv` was requested but is not importable, got 'spconv'. "
                 "Install spconv for your CUDA version (e.g. `pip install spconv-cu120`) or use 'torch'."
@@ -243,7 +307,7 @@ class SpconvSparseConvBackend:
     def conv(self, module: SubMConv3d, feat: torch.Tensor, level: dict) -> torch.Tensor:
         """Convolves `feat` (N, C_in) with spconv; the level's SparseConvTensor keeps the indice maps."""
         self._check_device(feat)
-        spconv = self._spconv
+        spconv = _import_spconv()
         base = level.get("_spconv_tensor")
         if base is None:
             indices = torch.cat([level["batch"].unsqueeze(-1), level["grid_coord"]], dim=1).int().contiguous()
