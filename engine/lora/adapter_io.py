@@ -1,14 +1,18 @@
-"""Provides adapter save/load in PEFT's layout plus lora3d metadata, with architecture and tensor checks.
+"""Provides adapter save/load: PEFT's layout plus lora3d metadata, foreign layouts, base checks.
 
-File formats are described in `engine.lora.adapter_formats`. Every write goes to a temporary name first
-and is renamed into place.
+File formats are described in `engine.lora.adapter_formats`, key layouts in `engine.lora.adapter_keys`
+and the file-to-tool table in docs/interop.md. Every write goes to a temporary name first and is renamed
+into place.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +23,35 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine.atomic import atomic_file, atomic_folder
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, Lora3dWarning
 from engine.lora.adapter_formats import (
     CONFIG_NAME,
     DIFFUSERS_METADATA_KEY,
+    DIFFUSERS_WEIGHTS_NAMES,
     LORA3D_METADATA_KEY,
     METADATA_NAME,
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
+    AdapterFile,
     config_to_json,
-    read_lora_checkpoint,
+    read_adapter_file,
+    read_lora_checkpoint,  # noqa: F401  (re-exported: older callers import it from here)
 )
-from engine.lora.architecture import base_fingerprint, base_parameter_shapes, diff_parameter_shapes
+from engine.lora.adapter_keys import (
+    PEFT_PREFIX,
+    align_to_model,
+    describe_key_mismatch,
+    is_lora_key,
+    lora_module,
+    short_keys,
+)
+from engine.lora.architecture import (
+    base_fingerprint,
+    base_parameter_shapes,
+    base_weights_digest,
+    diff_parameter_shapes,
+    trained_base_parameters,
+)
 from engine.lora.inject import (
     TARGETS_ATTR,
     enable_prompt_for,
@@ -41,7 +62,11 @@ from engine.lora.inject import (
     set_active_adapter,
 )
 from engine.lora.prompt import PROMPT_ATTR, get_prompt_bank, prompt_state_dict
-from engine.lora.targets import is_linear_target
+from engine.lora.targets import PTV3_MODULE_GROUPS, is_linear_target
+
+ASSUMED_ALPHA = 16
+"""lora_alpha assumed for a file that does not record it: the default of Pointcept's DefaultLORASegmentorV2
+and of the MIDI-3D LoRA training script. diffusers-named files assume alpha = r instead, as diffusers does."""
 
 
 def _version() -> str:
@@ -49,11 +74,6 @@ def _version() -> str:
         return importlib.metadata.version("lora3d")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _short(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(f"`{k}`" for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _peft_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -74,6 +94,7 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
     record = dict((getattr(model, TARGETS_ATTR, {}) or {}).get(adapter_name, {}))
     modules = record.get("modules", [])
     named = dict(model.named_modules())
+    trained = trained_base_parameters(model)
     return {
         "lora3d_version": _version(),
         "adapter_name": adapter_name,
@@ -90,6 +111,8 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
         "prompt": record.get("prompt") if record.get("enable_prompt") else None,
         "base_fingerprint": base_fingerprint(model),
         "base_parameters": base_parameter_shapes(model),
+        "base_weights_digest": base_weights_digest(model, skip=trained),
+        "base_weights_skipped": trained,
         "user": user or {},
     }
 
@@ -104,7 +127,10 @@ def save_lora_checkpoint(
 
     Args:
         model: an injected model.
-        path: a folder (PEFT layout) or a ``.safetensors`` file.
+        path: a folder (PEFT's `save_pretrained` layout; a diffusers model's folder also gets diffusers'
+            ``pytorch_lora_weights.safetensors``), a ``.safetensors`` file (diffusers' key names), or a
+            ``.pth``/``.pt``/``.bin`` file (tensors and plain values only, read back with
+            ``torch.load(weights_only=True)``).
         metadata: extra JSON-serialisable values stored under ``"user"`` in the metadata.
         adapter_name: adapter to save; the active one by default.
 
@@ -112,14 +138,9 @@ def save_lora_checkpoint(
         The path written.
 
     Raises:
-        CheckpointError: a pickle suffix, a model without that adapter, or metadata that is not JSON.
+        CheckpointError: a model without that adapter, or metadata that is not JSON.
     """
     path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{path}: lora3d does not write pickle files, got suffix {path.suffix!r}. "
-            f"Save to a folder (PEFT layout) or to a `.safetensors` file."
-        )
     adapter_name = adapter_name or get_active_adapter(model)
     if adapter_name is None or adapter_name not in list_adapters(model):
         raise CheckpointError(
@@ -135,47 +156,164 @@ def save_lora_checkpoint(
             f"Pass plain numbers, strings, lists and dicts."
         ) from exc
     config_json = config_to_json(model.peft_config[adapter_name])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "pt", DIFFUSERS_METADATA_KEY: config_json}
+    if path.suffix in PICKLE_SUFFIXES:
+        payload = {"state_dict": tensors, "metadata": json.loads(meta_json), "adapter_config": json.loads(config_json)}
+        with atomic_file(path) as tmp:
+            torch.save(payload, tmp)
+        return path
     if path.suffix == ".safetensors":
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json,
-                                                   LORA3D_METADATA_KEY: meta_json})
+            save_file(tensors, str(tmp), metadata={**header, LORA3D_METADATA_KEY: meta_json})
         return path
     with atomic_folder(path) as tmp_dir:
-        save_file(tensors, tmp_dir / WEIGHTS_NAME, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json})
+        save_file({f"{PEFT_PREFIX}{k}": v for k, v in tensors.items()}, tmp_dir / WEIGHTS_NAME, metadata=header)
+        if hasattr(model, "load_lora_adapter"):
+            # A diffusers model: its `load_lora_adapter(folder, prefix=None)` finds this file by name, and
+            # cannot take the prefixed one (PEFT matches targets against the state dict's key names).
+            save_file(tensors, tmp_dir / DIFFUSERS_WEIGHTS_NAMES[0], metadata=header)
         (tmp_dir / CONFIG_NAME).write_text(config_json)
         (tmp_dir / METADATA_NAME).write_text(meta_json)
     return path
 
 
-def _check_architecture(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+def _recorded_base(meta: dict[str, Any]) -> str:
+    user = meta.get("user") or {}
+    return str(user.get("pretrained") or meta.get("base_name") or "an unrecorded base")
+
+
+def check_base(model: nn.Module, meta: dict[str, Any], path: Path, base_name: str | None = None) -> None:
+    """Refuse an adapter recorded for another architecture; warn when the weights differ.
+
+    Raises:
+        CheckpointError: the adapter's base architecture differs (the message names the parameters).
+
+    Warns:
+        Lora3dWarning: same architecture, other weights (digests differ).
+    """
+    current_name = base_name or type(model).__name__
     saved = meta.get("base_fingerprint")
-    if not saved:
-        return
-    current = base_fingerprint(model)
-    if saved == current:
-        return
-    diffs = diff_parameter_shapes(meta.get("base_parameters", {}), base_parameter_shapes(model))
-    raise CheckpointError(
-        f"{path}: adapter was made for another base architecture (fingerprint {saved} != {current}), "
-        f"got differences: {'; '.join(diffs)}. "
-        f"Load it into the base model it was trained on."
-    )
-
-
-def _inject_from_checkpoint(
-    model: nn.Module, config: LoraConfig, meta: dict[str, Any], adapter_name: str, path: Path
-) -> None:
-    targets = meta.get("targets") or sorted(config.target_modules or [])
-    named = dict(model.named_modules())
-    missing = [t for t in targets if t not in named or not is_linear_target(named[t])] if meta.get("targets") else []
-    if missing:
+    if saved and saved != base_fingerprint(model):
+        diffs = diff_parameter_shapes(meta.get("base_parameters", {}), base_parameter_shapes(model))
         raise CheckpointError(
-            f"{path}: the model lacks the adapter's target linears, got missing {_short(missing)}. "
+            f"{path}: adapter was made for another base architecture ({_recorded_base(meta)}, fingerprint {saved}; "
+            f"this base {current_name}, fingerprint {base_fingerprint(model)}), got differences: {'; '.join(diffs)}. "
             f"Load it into the base model it was trained on."
         )
+    digest = meta.get("base_weights_digest")
+    if not digest:
+        return
+    current = base_weights_digest(model, skip=meta.get("base_weights_skipped", []))
+    if current is not None and current != digest:
+        warnings.warn(
+            f"{path}: adapter was trained on other base weights ({_recorded_base(meta)}, weights digest {digest}) "
+            f"than this base ({current_name}, weights digest {current}); same architecture, so it loads, but "
+            f"its results are not what was trained. Use the base it was trained on unless this is intended.",
+            Lora3dWarning,
+            stacklevel=3,
+        )
+
+
+def _set_aside_non_lora(file: AdapterFile, path: Path) -> dict[str, torch.Tensor]:
+    """A foreign file without config may be a whole training checkpoint: keep its LoRA tensors only."""
+    keep = {k: v for k, v in file.tensors.items() if is_lora_key(k) or k.startswith(f"{PROMPT_ATTR}.")}
+    other = sorted(file.tensors.keys() - keep.keys())
+    if not keep:
+        raise CheckpointError(
+            f"{path}: no LoRA tensors found, got keys like {short_keys(other, 3)}. "
+            f"Pass an adapter (keys with `lora_A`/`lora_B`); a plain checkpoint is a base model (`model.pretrained`)."
+        )
+    if other:
+        file.notes.append(
+            f"set aside {len(other)} tensors that are not LoRA weights (base weights, heads: "
+            f"{short_keys(other, 2)}); load those as the base, e.g. `load_base_weights(model, path)` or "
+            f"`model.pretrained: {path.name}`"
+        )
+    return keep
+
+
+def _module_ranks(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {m: int(v.shape[0]) for k, v in tensors.items() if (m := lora_module(k)) and k.endswith("lora_A.weight")}
+
+
+def _resolve_config(
+    file: AdapterFile, tensors: dict[str, torch.Tensor], path: Path, lora_alpha: float | None
+) -> LoraConfig:
+    """The config to inject with: the file's own, else lora3d metadata, else inferred from the tensors."""
+    ranks = _module_ranks(tensors)
+    modules = sorted({m for k in tensors if (m := lora_module(k)) is not None})
+    meta = file.meta
+    if file.config is not None:
+        config = copy.deepcopy(file.config)
+    elif file.is_lora3d and "r" in meta:
+        config = LoraConfig(r=meta["r"], lora_alpha=meta.get("lora_alpha", meta["r"]),
+                            lora_dropout=meta.get("lora_dropout", 0.0), bias=meta.get("bias", "none"))
+    else:
+        if not ranks:
+            raise CheckpointError(
+                f"{path}: no `lora_A` weights found, got keys like {short_keys(sorted(tensors), 3)}. "
+                f"Pass a LoRA adapter."
+            )
+        r = Counter(ranks.values()).most_common(1)[0][0]
+        if "r" in meta and meta["r"] != r:
+            raise CheckpointError(
+                f"{path}: metadata `r` disagrees with the tensors, got r={meta['r']!r} and `lora_A` rows {r}. "
+                f"Fix the metadata or re-save the adapter."
+            )
+        alpha = meta.get("lora_alpha", meta.get("alpha"))
+        if alpha is None and lora_alpha is None:
+            alpha = r if file.layout == "diffusers" else ASSUMED_ALPHA
+            source = "diffusers' rule alpha = r" if file.layout == "diffusers" else (
+                "the default of Pointcept's DefaultLORASegmentorV2 and of the MIDI-3D LoRA script")
+            file.notes.append(
+                f"the file records no lora_alpha: assumed {alpha} ({source}); pass `lora_alpha=` to "
+                f"`load_lora_checkpoint` if it was trained with another value"
+            )
+        config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else lora_alpha,
+                            rank_pattern={m: k for m, k in ranks.items() if k != r},
+                            lora_dropout=float(meta.get("lora_dropout", 0.0)), bias=meta.get("bias", "none"))
+    if lora_alpha is not None and lora_alpha != config.lora_alpha:
+        if file.config is not None or file.is_lora3d or "lora_alpha" in meta:
+            file.notes.append(f"lora_alpha {lora_alpha} given, replacing the file's {config.lora_alpha}")
+        config.lora_alpha = lora_alpha
+    # lora3d records its exact targets. Otherwise exactly the modules the tensors name: a suffix list such
+    # as Pointcept's ["qkv"] would also reach same-named layers the adapter never trained (PTv3's decoder).
+    config.target_modules = list(meta["targets"]) if file.is_lora3d and meta.get("targets") else modules
     config.inference_mode = False
-    record = dict(meta.get("record") or {"family": meta.get("family", "unknown")})
+    return config
+
+
+def _check_recorded_targets(file: AdapterFile, modules: list[str], path: Path) -> None:
+    """A seed-style `.pth`'s `target_modules` groups (``["attn"]``) must cover the modules its tensors adapt."""
+    meta = file.meta
+    if file.is_lora3d:
+        return  # exact targets: missing or extra tensors are named when the tensors load
+    groups = meta.get("target_modules", meta.get("targets"))
+    if isinstance(groups, list) and groups and all(g in PTV3_MODULE_GROUPS for g in groups):
+        roles = {role for g in groups for role in PTV3_MODULE_GROUPS[g]}
+        outside = [m for m in modules if m.rsplit(".", 1)[-1] not in roles]
+        if outside:
+            raise CheckpointError(
+                f"{path}: metadata `target_modules` {groups!r} do not cover the tensors, got LoRA on "
+                f"{short_keys(outside)}. Fix the metadata or re-save the adapter."
+            )
+
+
+def _inject(model: nn.Module, config: LoraConfig, file: AdapterFile, adapter_name: str, path: Path) -> None:
+    named = dict(model.named_modules())
+    modules = list(config.target_modules)
+    not_linear = [m for m in modules if m in named and not is_linear_target(named[m])]
+    missing = [m for m in modules if m not in named] + not_linear
+    if missing:
+        raise CheckpointError(
+            f"{path}: the model lacks the adapter's target linears, got missing {short_keys(missing)}. "
+            f"Load it into the base model it was trained on."
+        )
+    meta = file.meta
+    record = dict(meta.get("record") or {"family": meta.get("family", "unknown")}) if file.is_lora3d else {
+        "family": "unknown", "imported_from": file.layout,
+        "target_modules": meta.get("target_modules", meta.get("targets")), "enable_prompt": False,
+    }
     record.pop("modules", None)
     try:
         inject_lora_layers(model, config, adapter_name, record)
@@ -189,14 +327,23 @@ def _inject_from_checkpoint(
 
 
 def load_lora_checkpoint(
-    model: nn.Module, path: str | os.PathLike, adapter_name: str = "default"
+    model: nn.Module,
+    path: str | os.PathLike,
+    adapter_name: str = "default",
+    lora_alpha: float | None = None,
+    base_name: str | None = None,
 ) -> nn.Module:
     """Load an adapter into a base model (injecting it if needed) and make it the active adapter.
 
+    Reads lora3d's own files and the foreign forms listed in docs/interop.md (PEFT, diffusers, MIDI-3D,
+    Pointcept, seed ``.pth``); every conversion or assumption is reported as a `Lora3dWarning`.
+
     Args:
         model: the base model the adapter was trained on, plain or already carrying adapters.
-        path: a PEFT folder, a ``.safetensors`` file or a ``.pth`` file.
+        path: an adapter folder, a ``.safetensors`` file or a ``.pth`` file.
         adapter_name: name to load the adapter under (several adapters can share one base).
+        lora_alpha: alpha for files that do not record it (Pointcept ``.pth``, MIDI-3D custom files).
+        base_name: how to name this base in messages (e.g. its checkpoint path).
 
     Returns:
         The same model.
@@ -204,15 +351,21 @@ def load_lora_checkpoint(
     Raises:
         CheckpointError: unreadable file, other base architecture (the message names the differing
             parameters), or missing/unexpected/mis-shaped tensors (the message names them).
+        CheckpointNotFoundError: the path does not exist.
     """
     path = Path(path)
-    config, meta, tensors = read_lora_checkpoint(path)
-    _check_architecture(model, meta, path)
+    file = read_adapter_file(path)
+    if file.is_lora3d:
+        check_base(model, file.meta, path, base_name)
+    tensors = file.tensors if (file.config is not None or file.is_lora3d) else _set_aside_non_lora(file, path)
+    tensors, mapped = align_to_model(tensors, model, path)
+    if mapped:
+        file.notes.append(mapped)
+    config = _resolve_config(file, tensors, path, lora_alpha)
+    _check_recorded_targets(file, list(config.target_modules), path)
     injected_here = False
     if adapter_name not in list_adapters(model):
-        if config is None:
-            config = _config_from_meta(meta, path)
-        _inject_from_checkpoint(model, config, meta, adapter_name, path)
+        _inject(model, config, file, adapter_name, path)
         injected_here = True
     try:
         _load_tensors(model, tensors, adapter_name, path)
@@ -221,18 +374,9 @@ def load_lora_checkpoint(
             remove_adapter(model, adapter_name)
         raise
     set_active_adapter(model, adapter_name)
+    if file.notes:
+        warnings.warn(f"{path}: read as a {file.layout} adapter: {'; '.join(file.notes)}.", Lora3dWarning, stacklevel=2)
     return model
-
-
-def _config_from_meta(meta: dict[str, Any], path: Path) -> LoraConfig:
-    if not meta.get("targets") or "r" not in meta:
-        raise CheckpointError(
-            f"{path}: no adapter config and no lora3d metadata, got neither `{CONFIG_NAME}` nor `r`/`targets`. "
-            f"Inject LoRA with the training settings first, then load the tensors."
-        )
-    return LoraConfig(r=meta["r"], lora_alpha=meta.get("lora_alpha", meta["r"]),
-                      lora_dropout=meta.get("lora_dropout", 0.0), target_modules=list(meta["targets"]),
-                      bias=meta.get("bias", "none"))
 
 
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, path: Path) -> None:
@@ -250,13 +394,14 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_na
         f"{PROMPT_ATTR}.{k}" for k in prompt.keys() - expected_prompt.keys()
     )
     if missing:
+        hint = describe_key_mismatch(unexpected, missing)
         raise CheckpointError(
-            f"{path}: adapter is missing {len(missing)} tensors, got none for {_short(missing)}. "
-            f"Re-save the adapter from a complete training run."
+            f"{path}: adapter is missing {len(missing)} tensors, got none for {short_keys(missing, 6)}"
+            f"{f' ({hint})' if hint else ''}. Re-save the adapter from a complete training run."
         )
     if unexpected:
         raise CheckpointError(
-            f"{path}: adapter has tensors this model's adapter does not, got {_short(unexpected)}. "
+            f"{path}: adapter has tensors this model's adapter does not, got {short_keys(unexpected, 6)}. "
             f"Load it into the base model and settings it was trained with."
         )
     shapes = [
@@ -276,3 +421,4 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_na
     assert not leftover, f"PEFT did not place {leftover[:3]}"
     if prompt:
         bank.adapters[adapter_name].load_state_dict(prompt, strict=True)
+

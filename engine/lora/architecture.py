@@ -1,36 +1,77 @@
-"""Provides the base-architecture fingerprint: the model's own parameter names and shapes, LoRA excluded."""
+"""Provides the base model's identity: an architecture fingerprint (names, shapes) and a cheap weights digest.
+
+Both skip LoRA and prompt parameters and read PEFT's ``.base_layer`` as the original name, so an
+injected model and its plain base give the same values.
+
+The weights digest is SHA-256 (16 hex digits) over, for each base parameter in name order, its name and
+up to `DIGEST_SAMPLES` values at evenly spaced flat positions, rounded to float16. It reads at most
+64 values per tensor, not the whole model, so it takes milliseconds even for a billion-parameter DiT
+(docs/benchmarks.md). Limits: a change confined to unsampled positions goes unnoticed, and a base cast to
+bfloat16 reads as other weights than its float32 original (float16 and float32 copies agree).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 
+import torch
 from torch import nn
 
 from engine.lora.prompt import PROMPT_ATTR
 
 _ADAPTER_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"})
+DIGEST_SAMPLES = 64
+"""Values per tensor the weights digest reads."""
+_FP16_MAX = 65504.0
 
 
-def base_parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """Return ``{original parameter name: shape}`` of the base model, with or without LoRA injected.
-
-    PEFT's ``.base_layer`` is removed from names and LoRA/prompt parameters are skipped, so an injected
-    model and its plain base give the same mapping.
-    """
-    shapes: dict[str, list[int]] = {}
+def _base_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         parts = name.split(".")
         if parts[0] == PROMPT_ATTR or _ADAPTER_PARTS.intersection(parts):
             continue
-        original = ".".join(p for p in parts if p != "base_layer")
-        shapes[original] = list(param.shape)
-    return shapes
+        yield ".".join(p for p in parts if p != "base_layer"), param
+
+
+def base_parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Return ``{original parameter name: shape}`` of the base model, with or without LoRA injected."""
+    return {name: list(param.shape) for name, param in _base_parameters(model)}
 
 
 def base_fingerprint(model: nn.Module) -> str:
     """Return a short hash of the base model's parameter names and shapes (16 hex digits)."""
     lines = "\n".join(f"{name}:{tuple(shape)}" for name, shape in sorted(base_parameter_shapes(model).items()))
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
+def trained_base_parameters(model: nn.Module) -> list[str]:
+    """Original names of base parameters that train next to the adapter (a head, biases): the digest skips them."""
+    return sorted(name for name, param in _base_parameters(model) if param.requires_grad)
+
+
+def base_weights_digest(model: nn.Module, skip: Iterable[str] = ()) -> str | None:
+    """Return the sampled weights digest (see the module docstring), or None for a model on the meta device.
+
+    Args:
+        model: a base model, plain or injected.
+        skip: original parameter names left out (parameters trained with the adapter).
+    """
+    skipped = set(skip)
+    digest = hashlib.sha256()
+    for name, param in sorted(_base_parameters(model), key=lambda item: item[0]):
+        if name in skipped:
+            continue
+        if param.is_meta:
+            return None
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // DIGEST_SAMPLES)
+        sample = flat[::step][:DIGEST_SAMPLES].to("cpu", torch.float32)
+        # float16 rounding: a float16 copy of a float32 base gives the same bytes.
+        sample = torch.nan_to_num(sample, nan=0.0, posinf=_FP16_MAX, neginf=-_FP16_MAX).clamp(-_FP16_MAX, _FP16_MAX)
+        digest.update(name.encode())
+        digest.update(sample.to(torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def diff_parameter_shapes(saved: dict[str, list[int]], current: dict[str, list[int]], limit: int = 4) -> list[str]:
