@@ -43,6 +43,7 @@ from engine.families.scenesplat.synthetic import (
 )
 from engine.families.scenesplat.transforms import build_transforms
 from engine.lora import (
+    PTV3_MODULE_GROUPS,
     PTV3_PRESETS,
     inject_lora_to_ptv3,
     load_lora_checkpoint,
@@ -467,11 +468,11 @@ class SceneSplatFamily(Family):
                     f"got {lora.target_stages}. Valid stages: {valid} ({stages} encoder stages)."
                 )
         if lora.target_modules is not None:
-            unknown = [m for m in lora.target_modules if m not in ("attn", "mlp")]
+            unknown = [m for m in lora.target_modules if m not in PTV3_MODULE_GROUPS]
             if unknown or not lora.target_modules:
                 errors.append(
-                    f"`lora.target_modules` must be a non-empty subset of `attn`, `mlp` for PTv3, got "
-                    f"{lora.target_modules!r}. Use [attn] (qkv + proj) or [attn, mlp]."
+                    f"`lora.target_modules` must be a non-empty subset of `attn`, `mlp`, `qkv` for PTv3, got "
+                    f"{lora.target_modules!r}. Use [attn] (qkv + proj), [attn, mlp] or [qkv] (Pointcept's choice)."
                 )
         if model.demo_base and model.pretrained is None and label != "demo-tiny":
             errors.append(
