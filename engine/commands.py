@@ -47,7 +47,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
         raise CheckpointError(f"{run_dir}: has no adapter/ yet (the run has not completed). Finish it with --resume first.")
-    out = get_family(profile.model.family).merge_adapter(profile, adapter, Path(args.out))
+    family = get_family(profile.model.family)
+    if getattr(args, "bare", False) and profile.model.family != "scenesplat":
+        raise CheckpointError(
+            f"`--bare`: only scenesplat merges have a Pointcept wrapper to leave out, got family "
+            f"{profile.model.family!r}. Drop --bare (this family's .pth is a bare state dict already)."
+        )
+    options = {"bare": True} if getattr(args, "bare", False) else {}
+    out = family.merge_adapter(profile, adapter, Path(args.out), **options)
     _console().print(f"merged checkpoint written to {out}")
     return 0
 

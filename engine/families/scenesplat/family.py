@@ -15,7 +15,6 @@ so its running statistics never change: the saved adapter plus the base reproduc
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -742,10 +741,11 @@ class SceneSplatFamily(Family):
             tensors = {f"seg_head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
             save_file(tensors, str(Path(folder) / HEAD_FILE), metadata={"format": "pt"})
 
-    def merge_adapter(self, profile: Any, adapter: Path, out: Path) -> Path:
+    def merge_adapter(self, profile: Any, adapter: Path, out: Path, bare: bool = False) -> Path:
         """Writes base + adapter as one checkpoint with Pointcept's key names.
 
-        `.pth`/`.pt`: `torch.save` of a plain state dict (tensors only, `weights_only=True` loads it);
+        `.pth`/`.pt`: Pointcept's layout `{"epoch", "state_dict"}` (SceneSplat's tester reads it), or the
+        state dict alone with `bare` (both tensors only, `weights_only=True` loads them);
         `.safetensors`: the same tensors; a folder or a name without suffix: `<out>/model.pth`.
         Keys are `backbone.*` (+ `seg_head.*` for semseg), so `PTv3Segmentor` / `PTv3LanguageModel`
         load it strictly and `load_pretrained` loads it into a bare backbone.
@@ -764,22 +764,9 @@ class SceneSplatFamily(Family):
                 f"{adapter}: the adapter has PointLoRA prompt MLPs, which cannot be folded into the base weights, "
                 "got `lora.enable_prompt: true`. Deploy base + adapter (`load_adapter`) instead of a merged file."
             )
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        try:
-            if out.suffix == ".safetensors":
-                from safetensors.torch import save_file
+        from engine.models.ptv3.checkpoint import save_ptv3_checkpoint
 
-                save_file(state, tmp, metadata={"format": "pt"})
-            else:
-                torch.save(state, tmp)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return out
+        return save_ptv3_checkpoint(model.state_dict(), out, bare=bare, info={"merged_adapter": str(adapter)})
 
 
 class _NamedReport:
