@@ -142,6 +142,15 @@ def align_to_model(
         # Names that already fit are kept; any that do not are reported when the adapter is injected.
         return tensors, None
     mapping = _find_mapping(modules, model_names)
+    components = sorted({m.split(".", 1)[0] for m in modules})
+    if mapping is None and len(components) > 1:
+        fits = [c for c in components if _find_mapping([m for m in modules if m.split(".", 1)[0] == c], model_names)]
+        if fits:
+            raise CheckpointError(
+                f"{source}: the file adapts several models, got LoRA under {short_keys([f'{c}.' for c in components])} "
+                f"of which only {short_keys([f'{c}.' for c in fits])} fits this model. Keep only that part's keys "
+                f"(e.g. MIDI-3D: `save_custom_adapter` without image-encoder LoRA)."
+            )
     if mapping is None:
         raise CheckpointError(
             f"{source}: the adapter's modules are not in this model under any prefix, got keys like "
@@ -185,12 +194,11 @@ def describe_key_mismatch(found: Iterable[str], expected: Iterable[str]) -> str:
         return ""
     a, b = found[0], expected[0]
     head = len(_common_prefix(a, b))
-    tail = len(_common_prefix(a[::-1], b[::-1]))
-    if head + tail >= min(len(a), len(b)):
-        return f"found `{a}`, expected `{b}`"
-    return (
-        f"found `{a}` (differs in `{a[head:len(a) - tail]}`), expected `{b}` (`{b[head:len(b) - tail]}` there)"
-    )
+    tail = len(_common_prefix(a[head:][::-1], b[head:][::-1]))
+    def part(text: str) -> str:
+        return f"`{text}`" if text else "nothing"
+
+    return f"found `{a}` with {part(a[head:len(a) - tail])} where `{b}` has {part(b[head:len(b) - tail])}"
 
 
 def _common_prefix(a: str, b: str) -> str:
