@@ -13,7 +13,8 @@ import warnings
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from engine.cli import build_parser
@@ -100,6 +101,22 @@ def test_lora3d_folder_loads_with_peft_and_diffusers_dit(tmp_path):
     torch.testing.assert_close(_run_dit(other.eval()), expected, rtol=0, atol=1e-5)
 
 
+def test_lora3d_single_file_and_pth_load_with_diffusers_and_peft(tmp_path):
+    base = _dit()
+    model = inject_lora_to_dit(copy.deepcopy(base), r=4, lora_alpha=16, blocks=[2, 9]).eval()
+    randomise_lora(model)
+    expected = _run_dit(model)
+    single = save_lora_checkpoint(model, tmp_path / "adapter.safetensors")
+    other = copy.deepcopy(base)
+    other.load_lora_adapter(str(single), use_safetensors=True, prefix=None)  # alpha from the header
+    torch.testing.assert_close(_run_dit(other.eval()), expected, rtol=0, atol=1e-5)
+    checkpoint = torch.load(save_lora_checkpoint(model, tmp_path / "adapter.pth"), weights_only=True)
+    plain = copy.deepcopy(base)
+    inject_adapter_in_model(LoraConfig.from_peft_type(**checkpoint["adapter_config"]), plain)
+    set_peft_model_state_dict(plain, checkpoint["state_dict"])
+    torch.testing.assert_close(_run_dit(plain.eval()), expected, rtol=0, atol=1e-5)
+
+
 def test_older_lora3d_folders_without_the_prefix_still_load(tmp_path):
     base = tiny_ptv3()
     model = inject_lora_to_ptv3(copy.deepcopy(base), r=2, target_stages=[2, 3])
@@ -139,6 +156,23 @@ def test_diffusers_save_lora_adapter_folder_loads_into_lora3d(tmp_path, safe):
     fresh = copy.deepcopy(base)
     notes = _quiet_load(fresh, tmp_path / "diffusers")
     assert (notes == []) if safe else ("assumed 4 (diffusers' rule alpha = r)" in notes[0])
+    torch.testing.assert_close(_run_dit(fresh), _run_dit(trained.eval()), rtol=0, atol=1e-5)
+
+
+def test_diffusers_pipeline_lora_file_loads_into_the_transformer(tmp_path):
+    # A pipeline's `save_lora_weights` file: keys and header config packed under `transformer.`.
+    base = _dit()
+    trained = copy.deepcopy(base)
+    config = LoraConfig(r=2, lora_alpha=6, target_modules=["to_q", "to_v"])
+    trained.add_adapter(config)
+    randomise_lora(trained)
+    tensors = {f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(trained).items()}
+    packed = {f"transformer.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
+    save_file(tensors, tmp_path / "pipeline_lora.safetensors",
+              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(packed, default=str)})
+    fresh = copy.deepcopy(base)
+    notes = _quiet_load(fresh, tmp_path / "pipeline_lora.safetensors")
+    assert "mapped key prefix `transformer.`" in notes[0] and fresh.peft_config["default"].lora_alpha == 6
     torch.testing.assert_close(_run_dit(fresh), _run_dit(trained.eval()), rtol=0, atol=1e-5)
 
 
