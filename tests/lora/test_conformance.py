@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model,
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from engine.cli import build_parser
+from engine.cli import build_parser, main
 from engine.errors import CheckpointError, CheckpointNotFoundError, Lora3dWarning
 from engine.lora import (
     inject_lora_to_dit,
@@ -29,6 +29,9 @@ from engine.lora import (
 from engine.models.dit import TripoSGDiTModel
 from engine.models.ptv3 import PTv3Segmentor, load_pretrained
 from engine.models.ptv3.checkpoint import save_ptv3_checkpoint
+from engine.profile import validate_profile
+from engine.train.trainer import train
+from tests.conftest import toy_profile_dict
 from tests.lora.conftest import TINY_DIT, TINY_PTV3, ptv3_input, randomise_lora, run_ptv3, tiny_ptv3
 
 CLASSES = 5
@@ -379,3 +382,14 @@ def test_other_base_weights_warn_naming_both_and_the_same_base_is_quiet(tmp_path
     notes = _quiet_load(_segmentor(seed=1), folder, base_name="base_b.pth")
     assert len(notes) == 1 and "trained on other base weights (base_a.pth, weights digest" in notes[0]
     assert "than this base (base_b.pth, weights digest" in notes[0]
+
+
+def test_merge_bare_is_refused_where_there_is_no_pointcept_layout(tmp_path, capsys):
+    data = toy_profile_dict(tmp_path)
+    data["train"].update(max_steps=2, checkpoint_every=2)
+    run = train(validate_profile(data), install_signal_handlers=False)
+    capsys.readouterr()
+    code = main(["merge", str(run.run_dir), "--out", str(tmp_path / "merged.pth"), "--bare"])
+    err = capsys.readouterr().err
+    assert code == 2 and "`--bare`: only scenesplat merges" in err and "'toy'" in err
+    assert not (tmp_path / "merged.pth").exists()
