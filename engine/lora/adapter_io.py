@@ -45,8 +45,9 @@ from engine.lora.adapter_keys import (
 from engine.lora.architecture import (
     base_fingerprint,
     base_parameter_shapes,
-    base_weights_digest,
+    base_weights_signature,
     diff_parameter_shapes,
+    same_weights,
     trained_base_parameters,
 )
 from engine.lora.inject import (
@@ -88,6 +89,7 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
     modules = record.get("modules", [])
     named = dict(model.named_modules())
     trained = trained_base_parameters(model)
+    signature = base_weights_signature(model, skip=trained) or {}
     return {
         "lora3d_version": _version(),
         "adapter_name": adapter_name,
@@ -104,7 +106,9 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
         "prompt": record.get("prompt") if record.get("enable_prompt") else None,
         "base_fingerprint": base_fingerprint(model),
         "base_parameters": base_parameter_shapes(model),
-        "base_weights_digest": base_weights_digest(model, skip=trained),
+        "base_weights_digest": signature.get("digest"),
+        "base_weights_sketch": signature.get("sketch"),
+        "base_weights_dtype": signature.get("dtype"),
         "base_weights_skipped": trained,
         "user": user or {},
     }
@@ -196,11 +200,13 @@ def check_base(model: nn.Module, meta: dict[str, Any], path: Path, base_name: st
     digest = meta.get("base_weights_digest")
     if not digest:
         return
-    current = base_weights_digest(model, skip=meta.get("base_weights_skipped", []))
-    if current is not None and current != digest:
+    current = base_weights_signature(model, skip=meta.get("base_weights_skipped", []))
+    saved_signature = {"digest": digest, "sketch": meta.get("base_weights_sketch"),
+                       "dtype": meta.get("base_weights_dtype")}
+    if current is not None and not same_weights(saved_signature, current):
         warnings.warn(
             f"{path}: adapter was trained on other base weights ({_recorded_base(meta)}, weights digest {digest}) "
-            f"than this base ({current_name}, weights digest {current}); same architecture, so it loads, but "
+            f"than this base ({current_name}, weights digest {current['digest']}); same architecture, so it loads, but "
             f"its results are not what was trained. Use the base it was trained on unless this is intended.",
             Lora3dWarning,
             stacklevel=3,

@@ -1,7 +1,7 @@
 """Measures the cost of the base checks an adapter load runs: weights digest and architecture fingerprint.
 
 `load_lora_checkpoint` compares the adapter's recorded base (engine.lora.architecture) with the model it
-goes into. The digest samples at most 64 values per tensor, so its cost follows the number of tensors,
+goes into. The weights signature (digest + sketch) samples at most 64 values per tensor, so its cost follows the number of tensors,
 not their size; this script times it next to a full read of every weight (one `sum` per tensor), on
 SceneSplat's PT-v3m1 and on a DiT at MIDI-3D's real width with fewer blocks (`--dit-layers`).
 
@@ -21,7 +21,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 from common import describe_machine, format_machine, time_interleaved, write_json  # noqa: E402
 
-from engine.lora.architecture import base_fingerprint, base_weights_digest  # noqa: E402
+from engine.lora.architecture import base_fingerprint, base_weights_signature  # noqa: E402
 from engine.models.dit import TripoSGDiTModel  # noqa: E402
 from engine.models.ptv3 import SCENESPLAT_CONFIG, PTv3Segmentor  # noqa: E402
 
@@ -34,7 +34,7 @@ def measure(name: str, model: torch.nn.Module, repeat: int) -> list[dict]:
     params = sum(p.numel() for p in model.parameters())
     tensors = sum(1 for _ in model.parameters())
     times = time_interleaved({
-        "digest": lambda: base_weights_digest(model),
+        "signature": lambda: base_weights_signature(model),
         "fingerprint": lambda: base_fingerprint(model),
         "full_read": lambda: _full_read(model),
     }, warmup=1, repeat=repeat)

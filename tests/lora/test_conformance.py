@@ -378,10 +378,13 @@ def test_other_base_weights_warn_naming_both_and_the_same_base_is_quiet(tmp_path
         model.seg_head.weight.add_(1.0)
     folder = save_lora_checkpoint(model, tmp_path / "adapter", metadata={"pretrained": "base_a.pth"})
     assert _quiet_load(copy.deepcopy(base), folder) == []
-    assert _quiet_load(copy.deepcopy(base).half().float(), folder) == []  # a float16 round trip is the same base
+    # The same base in another precision is the same base (training in fp32, inference in fp16 or bf16).
+    assert _quiet_load(copy.deepcopy(base).half(), folder) == []
+    assert _quiet_load(copy.deepcopy(base).bfloat16(), folder) == []
     notes = _quiet_load(_segmentor(seed=1), folder, base_name="base_b.pth")
     assert len(notes) == 1 and "trained on other base weights (base_a.pth, weights digest" in notes[0]
     assert "than this base (base_b.pth, weights digest" in notes[0]
+    assert len(_quiet_load(_segmentor(seed=1).bfloat16(), folder)) == 1  # other weights in another precision
 
 
 def test_merge_bare_is_refused_where_there_is_no_pointcept_layout(tmp_path, capsys):
