@@ -144,6 +144,17 @@ def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
 
 
 # ---------------------------------------------------------------------- parser
+MERGE_EPILOG = """\
+which tools load the merged file (docs/interop.md):
+  scenesplat .pth (default)  {"epoch", "state_dict"}: Pointcept / SceneSplat tester (`weight=`),
+                             lora3d `model.pretrained`, model.load_state_dict(torch.load(f)["state_dict"])
+  scenesplat .pth --bare     the state dict alone: model.load_state_dict(torch.load(f, weights_only=True))
+  scenesplat .safetensors    the state dict alone: safetensors.torch.load_file(f), `model.pretrained`
+  midi folder                diffusers transformer/: TripoSGDiTModel.from_pretrained(folder), infer --lora_path
+  midi .safetensors          the transformer's state dict: load_file(f) into transformer, infer --lora_path
+  midi .pth                  the transformer's state dict: transformer.load_state_dict(torch.load(f))
+"""
+
 def build_parser() -> argparse.ArgumentParser:
     entries = family_entries()
     parser = argparse.ArgumentParser(
@@ -195,9 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="accept every default: run the built-in demo")
     p.set_defaults(func=_lazy("wizard.commands:cmd_wizard"))
 
-    p = sub.add_parser("merge", help="fold a run's adapter into the base weights (loads into a plain model)")
+    p = sub.add_parser(
+        "merge", help="fold a run's adapter into the base weights (loads into a plain model)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MERGE_EPILOG,
+        description="Fold a run's adapter into the base weights and write one checkpoint a plain model loads strictly.",
+    )
     p.add_argument("run_dir", help="run directory (or adapter folder)")
     p.add_argument("--out", required=True, help="merged checkpoint file (.pth or .safetensors) or folder")
+    p.add_argument("--bare", action="store_true",
+                   help="scenesplat .pth: write the state dict alone instead of Pointcept's {'epoch', 'state_dict'}")
     p.set_defaults(func=_lazy("engine.commands:cmd_merge"))
 
     demos = [name for name, entry in entries.items() if entry.demo]

@@ -58,7 +58,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
         raise CheckpointError(f"{run_dir}: has no adapter/ yet (the run has not completed). Finish it with --resume first.")
-    out = recipe.family.merge_adapter(recipe, adapter, Path(args.out))
+    out = recipe.family.merge_adapter(recipe, adapter, Path(args.out), bare=args.bare)
     _console().print(f"merged checkpoint written to {out}")
     return 0
 

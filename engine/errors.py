@@ -1,4 +1,9 @@
-"""Provides the project's error types: every user-facing failure is a Lora3dError (exit code 2)."""
+"""Provides the project's error types: every user-facing failure is a Lora3dError (exit code 2).
+
+The Python API raises the same errors the CLI prints. So that callers can keep the idioms they use with
+PEFT and torch, an argument or file-content error is also a `ValueError`, a missing file is also a
+`FileNotFoundError`.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,29 @@ class Lora3dError(Exception):
     exit_code = 2
 
 
-class ProfileError(Lora3dError):
-    """A profile that does not validate (YAML syntax, unknown key, wrong type, impossible value)."""
+class ProfileError(Lora3dError, ValueError):
+    """A profile or API argument that does not validate (YAML syntax, unknown key, wrong type, impossible value)."""
 
 
-class DataError(Lora3dError):
+class DataError(Lora3dError, ValueError):
     """A dataset file or folder that is missing, malformed or inconsistent."""
 
 
-class CheckpointError(Lora3dError):
+class CheckpointError(Lora3dError, ValueError):
     """A checkpoint or adapter that is missing, corrupt, unsafe or for another architecture."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint or adapter path that does not exist."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset file or folder that does not exist."""
 
 
 class HardwareError(Lora3dError):
     """A setting the machine cannot run (fp16 on CPU, a missing backend, out of memory at batch 1)."""
+
+
+class Lora3dWarning(UserWarning):
+    """Something lora3d assumed, converted or skipped on the user's behalf (never silently)."""

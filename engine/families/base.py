@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from engine.errors import ProfileError
+from engine.errors import CheckpointError, ProfileError
 from engine.families.entry import CliCommand
 from engine.lora import save_lora_checkpoint
 from engine.lora.presets import LoraPreset, resolve_preset
@@ -328,6 +328,13 @@ class Family:
         """Writes the adapter in PEFT layout (adapter_config.json + adapter_model.safetensors)."""
         save_lora_checkpoint(model, folder, metadata=metadata)
 
-    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path) -> Path:
-        """Folds the adapter into the base weights and writes a checkpoint a plain model loads strictly."""
-        raise NotImplementedError
+    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path, bare: bool = False) -> Path:
+        """Folds the adapter into the base weights and writes a checkpoint a plain model loads strictly.
+
+        `bare`: write the state dict alone where the family's usual file wraps it (Pointcept's
+        `{"epoch", "state_dict"}`); a family whose files are bare already refuses it with a message.
+        """
+        raise CheckpointError(
+            f"{adapter}: the {self.name} family writes no merged checkpoint, got `lora3d merge` (out {out}). Load the "
+            "base model and the adapter (`engine.lora.load_lora_checkpoint`) instead."
+        )

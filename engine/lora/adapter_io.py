@@ -1,7 +1,8 @@
-"""Provides adapter save/load in PEFT's layout plus lora3d metadata, with architecture and tensor checks.
+"""Provides adapter save/load: PEFT's layout plus lora3d metadata, foreign layouts, base checks.
 
-File formats are described in `engine.lora.adapter_formats`. Every write goes to a temporary name first
-and is renamed into place.
+File formats are described in `engine.lora.adapter_formats`, key layouts in `engine.lora.adapter_keys`
+and the file-to-tool table in docs/interop.md. Every write goes to a temporary name first and is renamed
+into place.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,35 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine.atomic import atomic_file, atomic_folder
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, Lora3dWarning
+from engine.lora.adapter_config import check_recorded_targets, resolve_config, set_aside_non_lora
 from engine.lora.adapter_formats import (
     CONFIG_NAME,
     DIFFUSERS_METADATA_KEY,
+    DIFFUSERS_WEIGHTS_NAMES,
     LORA3D_METADATA_KEY,
     METADATA_NAME,
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
+    AdapterFile,
     config_to_json,
-    read_lora_checkpoint,
+    read_adapter_file,
+    read_lora_checkpoint,  # noqa: F401  (re-exported: older callers import it from here)
 )
-from engine.lora.architecture import base_fingerprint, base_parameter_shapes, diff_parameter_shapes
+from engine.lora.adapter_keys import (
+    PEFT_PREFIX,
+    align_to_model,
+    describe_key_mismatch,
+    short_keys,
+)
+from engine.lora.architecture import (
+    base_fingerprint,
+    base_parameter_shapes,
+    base_weights_signature,
+    diff_parameter_shapes,
+    same_weights,
+    trained_base_parameters,
+)
 from engine.lora.inject import (
     TARGETS_ATTR,
     enable_prompt_for,
@@ -51,11 +70,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _short(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(f"`{k}`" for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _peft_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """PEFT's adapter state dict without the prompt bank (PEFT's `bias="all"` would catch its biases)."""
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
@@ -74,6 +88,8 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
     record = dict((getattr(model, TARGETS_ATTR, {}) or {}).get(adapter_name, {}))
     modules = record.get("modules", [])
     named = dict(model.named_modules())
+    trained = trained_base_parameters(model)
+    signature = base_weights_signature(model, skip=trained) or {}
     return {
         "lora3d_version": _version(),
         "adapter_name": adapter_name,
@@ -90,6 +106,10 @@ def _build_metadata(model: nn.Module, adapter_name: str, user: dict[str, Any] | 
         "prompt": record.get("prompt") if record.get("enable_prompt") else None,
         "base_fingerprint": base_fingerprint(model),
         "base_parameters": base_parameter_shapes(model),
+        "base_weights_digest": signature.get("digest"),
+        "base_weights_sketch": signature.get("sketch"),
+        "base_weights_dtype": signature.get("dtype"),
+        "base_weights_skipped": trained,
         "user": user or {},
     }
 
@@ -104,7 +124,10 @@ def save_lora_checkpoint(
 
     Args:
         model: an injected model.
-        path: a folder (PEFT layout) or a ``.safetensors`` file.
+        path: a folder (PEFT's `save_pretrained` layout; a diffusers model's folder also gets diffusers'
+            ``pytorch_lora_weights.safetensors``), a ``.safetensors`` file (diffusers' key names), or a
+            ``.pth``/``.pt``/``.bin`` file (tensors and plain values only, read back with
+            ``torch.load(weights_only=True)``).
         metadata: extra JSON-serialisable values stored under ``"user"`` in the metadata.
         adapter_name: adapter to save; the active one by default.
 
@@ -112,14 +135,9 @@ def save_lora_checkpoint(
         The path written.
 
     Raises:
-        CheckpointError: a pickle suffix, a model without that adapter, or metadata that is not JSON.
+        CheckpointError: a model without that adapter, or metadata that is not JSON.
     """
     path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{path}: lora3d does not write pickle files, got suffix {path.suffix!r}. "
-            f"Save to a folder (PEFT layout) or to a `.safetensors` file."
-        )
     adapter_name = adapter_name or get_active_adapter(model)
     if adapter_name is None or adapter_name not in list_adapters(model):
         raise CheckpointError(
@@ -135,47 +153,81 @@ def save_lora_checkpoint(
             f"Pass plain numbers, strings, lists and dicts."
         ) from exc
     config_json = config_to_json(model.peft_config[adapter_name])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "pt", DIFFUSERS_METADATA_KEY: config_json}
+    if path.suffix in PICKLE_SUFFIXES:
+        payload = {"state_dict": tensors, "metadata": json.loads(meta_json), "adapter_config": json.loads(config_json)}
+        with atomic_file(path) as tmp:
+            torch.save(payload, tmp)
+        return path
     if path.suffix == ".safetensors":
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json,
-                                                   LORA3D_METADATA_KEY: meta_json})
+            save_file(tensors, str(tmp), metadata={**header, LORA3D_METADATA_KEY: meta_json})
         return path
     with atomic_folder(path) as tmp_dir:
-        save_file(tensors, tmp_dir / WEIGHTS_NAME, metadata={"format": "pt", DIFFUSERS_METADATA_KEY: config_json})
+        save_file({f"{PEFT_PREFIX}{k}": v for k, v in tensors.items()}, tmp_dir / WEIGHTS_NAME, metadata=header)
+        if hasattr(model, "load_lora_adapter"):
+            # A diffusers model: its `load_lora_adapter(folder, prefix=None)` finds this file by name, and
+            # cannot take the prefixed one (PEFT matches targets against the state dict's key names).
+            save_file(tensors, tmp_dir / DIFFUSERS_WEIGHTS_NAMES[0], metadata=header)
         (tmp_dir / CONFIG_NAME).write_text(config_json)
         (tmp_dir / METADATA_NAME).write_text(meta_json)
     return path
 
 
-def _check_architecture(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+def _recorded_base(meta: dict[str, Any]) -> str:
+    user = meta.get("user") or {}
+    return str(user.get("pretrained") or meta.get("base_name") or "an unrecorded base")
+
+
+def check_base(model: nn.Module, meta: dict[str, Any], path: Path, base_name: str | None = None) -> None:
+    """Refuse an adapter recorded for another architecture; warn when the weights differ.
+
+    Raises:
+        CheckpointError: the adapter's base architecture differs (the message names the parameters).
+
+    Warns:
+        Lora3dWarning: same architecture, other weights (digests differ).
+    """
+    current_name = base_name or type(model).__name__
     saved = meta.get("base_fingerprint")
-    if not saved:
-        return
-    current = base_fingerprint(model)
-    if saved == current:
-        return
-    diffs = diff_parameter_shapes(meta.get("base_parameters", {}), base_parameter_shapes(model))
-    raise CheckpointError(
-        f"{path}: adapter was made for another base architecture (fingerprint {saved} != {current}), "
-        f"got differences: {'; '.join(diffs)}. "
-        f"Load it into the base model it was trained on."
-    )
-
-
-def _inject_from_checkpoint(
-    model: nn.Module, config: LoraConfig, meta: dict[str, Any], adapter_name: str, path: Path
-) -> None:
-    targets = meta.get("targets") or sorted(config.target_modules or [])
-    named = dict(model.named_modules())
-    missing = [t for t in targets if t not in named or not is_linear_target(named[t])] if meta.get("targets") else []
-    if missing:
+    if saved and saved != base_fingerprint(model):
+        diffs = diff_parameter_shapes(meta.get("base_parameters", {}), base_parameter_shapes(model))
         raise CheckpointError(
-            f"{path}: the model lacks the adapter's target linears, got missing {_short(missing)}. "
+            f"{path}: adapter was made for another base architecture ({_recorded_base(meta)}, fingerprint {saved}; "
+            f"this base {current_name}, fingerprint {base_fingerprint(model)}), got differences: {'; '.join(diffs)}. "
             f"Load it into the base model it was trained on."
         )
-    config.inference_mode = False
-    record = dict(meta.get("record") or {"family": meta.get("family", "unknown")})
+    digest = meta.get("base_weights_digest")
+    if not digest:
+        return
+    current = base_weights_signature(model, skip=meta.get("base_weights_skipped", []))
+    saved_signature = {"digest": digest, "sketch": meta.get("base_weights_sketch"),
+                       "dtype": meta.get("base_weights_dtype")}
+    if current is not None and not same_weights(saved_signature, current):
+        warnings.warn(
+            f"{path}: adapter was trained on other base weights ({_recorded_base(meta)}, weights digest {digest}) "
+            f"than this base ({current_name}, weights digest {current['digest']}); same architecture, so it loads, but "
+            f"its results are not what was trained. Use the base it was trained on unless this is intended.",
+            Lora3dWarning,
+            stacklevel=3,
+        )
+
+
+def _inject(model: nn.Module, config: LoraConfig, file: AdapterFile, adapter_name: str, path: Path) -> None:
+    named = dict(model.named_modules())
+    modules = list(config.target_modules)
+    not_linear = [m for m in modules if m in named and not is_linear_target(named[m])]
+    missing = [m for m in modules if m not in named] + not_linear
+    if missing:
+        raise CheckpointError(
+            f"{path}: the model lacks the adapter's target linears, got missing {short_keys(missing)}. "
+            f"Load it into the base model it was trained on."
+        )
+    meta = file.meta
+    record = dict(meta.get("record") or {"family": meta.get("family", "unknown")}) if file.is_lora3d else {
+        "family": "unknown", "imported_from": file.layout,
+        "target_modules": meta.get("target_modules", meta.get("targets")), "enable_prompt": False,
+    }
     record.pop("modules", None)
     try:
         inject_lora_layers(model, config, adapter_name, record)
@@ -189,14 +241,23 @@ def _inject_from_checkpoint(
 
 
 def load_lora_checkpoint(
-    model: nn.Module, path: str | os.PathLike, adapter_name: str = "default"
+    model: nn.Module,
+    path: str | os.PathLike,
+    adapter_name: str = "default",
+    lora_alpha: float | None = None,
+    base_name: str | None = None,
 ) -> nn.Module:
     """Load an adapter into a base model (injecting it if needed) and make it the active adapter.
 
+    Reads lora3d's own files and the foreign forms listed in docs/interop.md (PEFT, diffusers, MIDI-3D,
+    Pointcept, seed ``.pth``); every conversion or assumption is reported as a `Lora3dWarning`.
+
     Args:
         model: the base model the adapter was trained on, plain or already carrying adapters.
-        path: a PEFT folder, a ``.safetensors`` file or a ``.pth`` file.
+        path: an adapter folder, a ``.safetensors`` file or a ``.pth`` file.
         adapter_name: name to load the adapter under (several adapters can share one base).
+        lora_alpha: alpha for files that do not record it (Pointcept ``.pth``, MIDI-3D custom files).
+        base_name: how to name this base in messages (e.g. its checkpoint path).
 
     Returns:
         The same model.
@@ -204,15 +265,21 @@ def load_lora_checkpoint(
     Raises:
         CheckpointError: unreadable file, other base architecture (the message names the differing
             parameters), or missing/unexpected/mis-shaped tensors (the message names them).
+        CheckpointNotFoundError: the path does not exist.
     """
     path = Path(path)
-    config, meta, tensors = read_lora_checkpoint(path)
-    _check_architecture(model, meta, path)
+    file = read_adapter_file(path)
+    if file.is_lora3d:
+        check_base(model, file.meta, path, base_name)
+    tensors = file.tensors if (file.config is not None or file.is_lora3d) else set_aside_non_lora(file, path)
+    tensors, mapped = align_to_model(tensors, model, path)
+    if mapped:
+        file.notes.append(mapped)
+    config = resolve_config(file, tensors, path, lora_alpha)
+    check_recorded_targets(file, list(config.target_modules), path)
     injected_here = False
     if adapter_name not in list_adapters(model):
-        if config is None:
-            config = _config_from_meta(meta, path)
-        _inject_from_checkpoint(model, config, meta, adapter_name, path)
+        _inject(model, config, file, adapter_name, path)
         injected_here = True
     try:
         _load_tensors(model, tensors, adapter_name, path)
@@ -221,18 +288,9 @@ def load_lora_checkpoint(
             remove_adapter(model, adapter_name)
         raise
     set_active_adapter(model, adapter_name)
+    if file.notes:
+        warnings.warn(f"{path}: read as a {file.layout} adapter: {'; '.join(file.notes)}.", Lora3dWarning, stacklevel=2)
     return model
-
-
-def _config_from_meta(meta: dict[str, Any], path: Path) -> LoraConfig:
-    if not meta.get("targets") or "r" not in meta:
-        raise CheckpointError(
-            f"{path}: no adapter config and no lora3d metadata, got neither `{CONFIG_NAME}` nor `r`/`targets`. "
-            f"Inject LoRA with the training settings first, then load the tensors."
-        )
-    return LoraConfig(r=meta["r"], lora_alpha=meta.get("lora_alpha", meta["r"]),
-                      lora_dropout=meta.get("lora_dropout", 0.0), target_modules=list(meta["targets"]),
-                      bias=meta.get("bias", "none"))
 
 
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, path: Path) -> None:
@@ -250,13 +308,14 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_na
         f"{PROMPT_ATTR}.{k}" for k in prompt.keys() - expected_prompt.keys()
     )
     if missing:
+        hint = describe_key_mismatch(unexpected, missing)
         raise CheckpointError(
-            f"{path}: adapter is missing {len(missing)} tensors, got none for {_short(missing)}. "
-            f"Re-save the adapter from a complete training run."
+            f"{path}: adapter is missing {len(missing)} tensors, got none for {short_keys(missing, 6)}"
+            f"{f' ({hint})' if hint else ''}. Re-save the adapter from a complete training run."
         )
     if unexpected:
         raise CheckpointError(
-            f"{path}: adapter has tensors this model's adapter does not, got {_short(unexpected)}. "
+            f"{path}: adapter has tensors this model's adapter does not, got {short_keys(unexpected, 6)}. "
             f"Load it into the base model and settings it was trained with."
         )
     shapes = [
@@ -276,3 +335,4 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_na
     assert not leftover, f"PEFT did not place {leftover[:3]}"
     if prompt:
         bank.adapters[adapter_name].load_state_dict(prompt, strict=True)
+

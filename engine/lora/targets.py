@@ -25,8 +25,11 @@ from engine.errors import ProfileError
 PTV3_MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "attn": ("qkv", "proj"),
     "mlp": ("fc1", "fc2"),
+    "qkv": ("qkv",),
 }
-"""The target groups of the PointLoRA guide and the linear roles (last name part) each one adapts."""
+"""The target groups and the linear roles (last name part) each one adapts: `attn` and `mlp` are the
+PointLoRA guide's; `qkv` alone is what Pointcept's DefaultLORASegmentorV2 adapts (`target_modules=["qkv"]`
+on the encoder)."""
 
 _PTV3_ROLE_PATTERNS: dict[str, str] = {
     "qkv": r"attn\.qkv",
@@ -168,7 +171,8 @@ def resolve_ptv3_targets(
 
     Args:
         model: a PTv3 backbone or a model wrapping one (e.g. under ``backbone.``).
-        target_modules: groups to adapt, any of ``"attn"`` (attn.qkv + attn.proj) and ``"mlp"`` (fc1 + fc2).
+        target_modules: groups to adapt, any of ``"attn"`` (attn.qkv + attn.proj), ``"mlp"`` (fc1 + fc2) and
+            ``"qkv"`` (attn.qkv only, as Pointcept's DefaultLORASegmentorV2).
         encoder_only: skip the decoder stages.
         target_stages: ``None`` for every stage; ints select encoder stage ``enc{s}`` (and decoder stage
             ``dec{s}`` when ``encoder_only`` is False); strings ``"enc{s}"``/``"dec{s}"`` select exactly.
@@ -203,7 +207,7 @@ def resolve_ptv3_targets(
         raise ProfileError(
             f"`target_stages`: no stage selected, got {target_stages!r}. Valid: {layout.describe()}."
         )
-    roles = [role for group in target_modules for role in PTV3_MODULE_GROUPS[group]]
+    roles = list(dict.fromkeys(role for group in target_modules for role in PTV3_MODULE_GROUPS[group]))
     role_alt = "|".join(f"(?P<{role}>{_PTV3_ROLE_PATTERNS[role]})" for role in roles)
     stage_alt = "|".join(re.escape(f"{key[:3]}.{key}") for key in stages)
     pattern = re.compile(

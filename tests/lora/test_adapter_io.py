@@ -11,7 +11,7 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, Lora3dWarning
 from engine.lora import (
     base_fingerprint,
     inject_lora_to_dit,
@@ -51,8 +51,9 @@ def test_folder_has_peft_layout_and_round_trips_with_prompt(tmp_path, feats):
     assert (config.r, config.lora_alpha) == (4, 8)
     assert sorted(config.target_modules) == sorted(model.lora3d_targets["default"]["modules"])
     keys = set(load_file(path / "adapter_model.safetensors"))
-    assert "enc.enc3.block0.attn.qkv.lora_A.weight" in keys
-    assert "lora3d_prompt.enc4.fc2.up.weight" in keys
+    # PEFT's save_pretrained layout: `PeftModel.from_pretrained` expects the `base_model.model.` prefix.
+    assert "base_model.model.enc.enc3.block0.attn.qkv.lora_A.weight" in keys
+    assert "base_model.model.lora3d_prompt.enc4.fc2.up.weight" in keys
     assert not any(".default." in k for k in keys)
     meta = json.loads((path / "lora3d_metadata.json").read_text())
     assert meta["user"] == {"task": "seg", "step": 7}
@@ -91,7 +92,10 @@ def test_diffusers_load_lora_adapter_accepts_a_dit_adapter(tmp_path):
          "encoder_hidden_states": torch.randn(1, 3, 6, generator=g),
          "encoder_hidden_states_2": torch.randn(1, 4, 5, generator=g)}
     other = copy.deepcopy(base)
-    other.load_lora_adapter(str(path), weight_name="adapter_model.safetensors", prefix=None, adapter_name="x")
+    # The DiT's folder also holds diffusers' own file name, which `load_lora_adapter` picks by itself.
+    assert (path / "pytorch_lora_weights.safetensors").is_file()
+    other.load_lora_adapter(str(path), weight_name="pytorch_lora_weights.safetensors", prefix=None,
+                            adapter_name="x")
     other.eval()  # diffusers builds the LoRA dropout in training mode
     torch.testing.assert_close(other(**x).sample, model(**x).sample, rtol=0, atol=0)
 
@@ -109,13 +113,19 @@ def test_single_safetensors_file_round_trip(tmp_path, feats):
     torch.testing.assert_close(fresh(feats), model(feats), rtol=0, atol=0)
 
 
-def test_pth_is_read_with_weights_only_and_never_written(tmp_path, feats):
+def test_pth_holds_only_tensors_and_plain_values_and_is_read_with_weights_only(tmp_path, feats):
     base = standin_small().eval()
     model = _trained(base, r=2, target_stages=[4])
-    with pytest.raises(CheckpointError, match=r"adapter\.pth: lora3d does not write pickle files"):
-        save_lora_checkpoint(model, tmp_path / "adapter.pth")
+    pth = save_lora_checkpoint(model, tmp_path / "adapter.pth", metadata={"task": "seg"})
+    payload = torch.load(pth, weights_only=True)  # no object that needs unpickling
+    assert sorted(payload) == ["adapter_config", "metadata", "state_dict"]
+    assert "enc.enc4.block0.attn.qkv.lora_A.weight" in payload["state_dict"]
+    assert payload["metadata"]["user"] == {"task": "seg"} and payload["adapter_config"]["r"] == 2
+    fresh = copy.deepcopy(base)
+    load_lora_checkpoint(fresh, pth)
+    torch.testing.assert_close(fresh(feats), model(feats), rtol=0, atol=0)
     folder = save_lora_checkpoint(model, tmp_path / "adapter")
-    tensors = load_file(folder / "adapter_model.safetensors")
+    tensors = {k.removeprefix("base_model.model."): v for k, v in load_file(folder / "adapter_model.safetensors").items()}
     meta = json.loads((folder / "lora3d_metadata.json").read_text())
     # A third-party style pickle: bare `lora_A` names, nested under `state_dict`, metadata next to it.
     legacy = {k.removesuffix(".weight"): v for k, v in tensors.items()}
@@ -148,8 +158,8 @@ def test_missing_and_unexpected_tensors_are_refused_and_leave_the_model_clean(tm
     weights = folder / "adapter_model.safetensors"
     tensors = load_file(weights)
     header = {"format": "pt"}
-    del tensors["enc.enc2.block0.attn.proj.lora_B.weight"]
-    del tensors["lora3d_prompt.enc1.qkv.up.bias"]
+    del tensors["base_model.model.enc.enc2.block0.attn.proj.lora_B.weight"]
+    del tensors["base_model.model.lora3d_prompt.enc1.qkv.up.bias"]
     save_file(tensors, weights, metadata=header)
     fresh = copy.deepcopy(base)
     with pytest.raises(CheckpointError) as err:
@@ -160,9 +170,9 @@ def test_missing_and_unexpected_tensors_are_refused_and_leave_the_model_clean(tm
     assert "`lora3d_prompt.enc1.qkv.up.bias`" in message
     assert list_adapters(fresh) == []
     torch.testing.assert_close(fresh(feats), base(feats), rtol=0, atol=0)
-    tensors = load_file(weights) | {"enc.enc2.block0.attn.proj.lora_B.weight": torch.zeros(8, 2),
-                                    "lora3d_prompt.enc1.qkv.up.bias": torch.zeros(24),
-                                    "enc.enc0.block0.extra.lora_A.weight": torch.zeros(2, 8)}
+    tensors = load_file(weights) | {"base_model.model.enc.enc2.block0.attn.proj.lora_B.weight": torch.zeros(8, 2),
+                                    "base_model.model.lora3d_prompt.enc1.qkv.up.bias": torch.zeros(24),
+                                    "base_model.model.enc.enc0.block0.extra.lora_A.weight": torch.zeros(2, 8)}
     save_file(tensors, weights, metadata=header)
     with pytest.raises(CheckpointError, match=r"tensors this model's adapter does not.*extra\.lora_A"):
         load_lora_checkpoint(copy.deepcopy(base), folder)
@@ -184,7 +194,8 @@ def test_two_adapters_loaded_by_name_switch_outputs(tmp_path, feats):
     assert (seg(feats) - det(feats)).abs().max() > 1e-4
     # Saving the active adapter of a multi-adapter model writes that adapter only.
     again = save_lora_checkpoint(model, tmp_path / "seg_again.safetensors")
-    assert set(load_file(again)) == set(load_file(tmp_path / "seg" / "adapter_model.safetensors"))
+    folder_keys = {k.removeprefix("base_model.model.") for k in load_file(tmp_path / "seg" / "adapter_model.safetensors")}
+    assert set(load_file(again)) == folder_keys
 
 
 def test_overwriting_a_folder_and_bad_paths(tmp_path):
@@ -192,7 +203,7 @@ def test_overwriting_a_folder_and_bad_paths(tmp_path):
     path = save_lora_checkpoint(model, tmp_path / "adapter")
     randomise_lora(model, seed=9)
     save_lora_checkpoint(model, path)
-    saved = load_file(path / "adapter_model.safetensors")["enc.enc0.block0.attn.qkv.lora_B.weight"]
+    saved = load_file(path / "adapter_model.safetensors")["base_model.model.enc.enc0.block0.attn.qkv.lora_B.weight"]
     torch.testing.assert_close(saved, model.enc.enc0.block0.attn.qkv.lora_B["default"].weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     with pytest.raises(CheckpointError, match="adapter not found"):
@@ -215,10 +226,15 @@ def test_trained_biases_round_trip_with_the_adapter(tmp_path, feats, bias):
     path = save_lora_checkpoint(model, tmp_path / "adapter")
     assert LoraConfig.from_pretrained(str(path)).bias == bias
     keys = set(load_file(path / "adapter_model.safetensors"))
-    assert "enc.enc4.block0.attn.qkv.base_layer.bias" in keys  # PEFT's own name for an adapted bias
-    assert ("enc.enc4.block0.norm1.0.bias" in keys) == (bias == "all")
+    assert "base_model.model.enc.enc4.block0.attn.qkv.base_layer.bias" in keys  # PEFT's name for an adapted bias
+    assert ("base_model.model.enc.enc4.block0.norm1.0.bias" in keys) == (bias == "all")
     fresh = copy.deepcopy(base)
-    load_lora_checkpoint(fresh, path)
+    if bias == "all":
+        load_lora_checkpoint(fresh, path)
+    else:
+        # The norm bias changed above is frozen under "lora_only", so the saved base differs from `base`.
+        with pytest.warns(Lora3dWarning, match="trained on other base weights"):
+            load_lora_checkpoint(fresh, path)
     if bias == "all":
         torch.testing.assert_close(fresh(feats), model(feats), rtol=0, atol=0)
     else:

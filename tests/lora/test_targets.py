@@ -28,6 +28,9 @@ def test_layout_found_on_real_ptv3_and_standin():
                                 "enc.enc3.block1.attn.qkv", "enc.enc3.block1.attn.proj",
                                 "dec.dec3.block0.attn.qkv", "dec.dec3.block0.attn.proj"]),
         (["attn"], ["dec0"], False, ["dec.dec0.block0.attn.qkv", "dec.dec0.block0.attn.proj"]),
+        # Pointcept DefaultLORASegmentorV2's choice: qkv only.
+        (["qkv"], [3, 4], True, ["enc.enc3.block0.attn.qkv", "enc.enc3.block1.attn.qkv", "enc.enc4.block0.attn.qkv"]),
+        (["qkv", "attn"], [4], True, ["enc.enc4.block0.attn.qkv", "enc.enc4.block0.attn.proj"]),
     ],
 )
 def test_ptv3_targets_are_exactly_the_named_linears(groups, stages, encoder_only, expected):
@@ -87,8 +90,8 @@ def test_decoder_stage_with_encoder_only_names_both_keys():
 
 
 def test_unknown_group_and_non_ptv3_model_are_profile_errors():
-    with pytest.raises(ProfileError, match=r"unknown PTv3 target group, got \['qkv'\]"):
-        resolve_ptv3_targets(standin_small(), ["qkv"])
+    with pytest.raises(ProfileError, match=r"unknown PTv3 target group, got \['query'\]"):
+        resolve_ptv3_targets(standin_small(), ["query"])
     with pytest.raises(ProfileError, match="no PTv3 encoder stages"):
         resolve_ptv3_targets(Wrapped(StandInPTv3(5, (8,), (1,)), 8).head)
 
@@ -136,3 +139,15 @@ def test_guide_stages_on_scenesplat_four_stage_backbone_name_the_valid_ones():
     with pytest.raises(ProfileError, match=r"stage 4 does not exist.*encoder stages 0, 1, 2, 3, decoder stages"):
         inject_lora_to_ptv3(model, target_stages=[3, 4])
     assert not hasattr(model, "peft_config")  # nothing was injected
+
+
+def test_api_argument_errors_are_value_errors_and_keep_the_cli_message():
+    # The issue's example: stage 4 on SceneSplat's four-stage backbone. Callers that catch ValueError (as
+    # for PEFT's own argument errors) catch it; the CLI still sees a Lora3dError (one line, exit code 2).
+    from engine.errors import Lora3dError
+    from engine.lora import inject_lora_to_ptv3
+
+    model = StandInPTv3(5, (8, 8, 16, 16), (1, 1, 1, 1), (8, 8, 16), (1, 1, 1))
+    with pytest.raises(ValueError, match="stage 4 does not exist") as err:
+        inject_lora_to_ptv3(model, target_stages=[4])
+    assert isinstance(err.value, Lora3dError) and err.value.exit_code == 2

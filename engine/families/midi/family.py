@@ -190,8 +190,13 @@ class MidiFamily(Family):
         extra = {"mi_blocks": inner.multi_instance_blocks, "num_tokens": getattr(inner, "midi_num_tokens", None)}
         save_lora_checkpoint(inner, folder, metadata={**metadata, **extra})
 
-    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path) -> Path:
+    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path, bare: bool = False) -> Path:
         """Folds the adapter into the DiT; writes a diffusers `transformer/` folder, `.safetensors` or `.pth`."""
+        if bare:
+            raise CheckpointError(
+                f"`--bare`: a merged DiT has no wrapper to leave out, got {out}. Drop --bare (the `.pth` is a bare "
+                "state dict already; a folder is diffusers' `transformer/` layout)."
+            )
         model = self.build_model(recipe)
         load_lora_checkpoint(model, adapter)
         merge_lora_weights(model)

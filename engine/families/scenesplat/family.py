@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.atomic import atomic_file
 from engine.cache import cache_root
 from engine.errors import CheckpointError
 from engine.families.base import Family, MemoryDescription, Prerequisite, Recipe, WizardSpec
@@ -38,6 +37,7 @@ from engine.families.scenesplat.task import LangTask, SemsegTask
 from engine.lora import PTV3_PRESETS, merge_lora_weights
 from engine.lora.spec import LoraSpec, PTv3Stages, tuple_or_none
 from engine.models.ptv3 import PTv3LanguageModel, PTv3Segmentor, freeze_batch_norm, load_base_weights
+from engine.models.ptv3.checkpoint import save_ptv3_checkpoint
 from engine.profile import Profile
 
 _REPO = Path(__file__).resolve().parents[3]
@@ -188,10 +188,11 @@ class SceneSplatFamily(Family):
     def save_adapter(self, model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:
         adapters.save_adapter(model, folder, metadata)
 
-    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path) -> Path:
+    def merge_adapter(self, recipe: Recipe, adapter: Path, out: Path, bare: bool = False) -> Path:
         """Writes base + adapter as one checkpoint with Pointcept's key names.
 
-        `.pth`/`.pt`: `torch.save` of a plain state dict (tensors only, `weights_only=True` loads it);
+        `.pth`/`.pt`: Pointcept's layout `{"epoch", "state_dict"}` (SceneSplat's tester reads it), or the
+        state dict alone with `bare` (both tensors only, `weights_only=True` loads them);
         `.safetensors`: the same tensors; a folder or a name without suffix: `<out>/model.pth`.
         Keys are `backbone.*` (+ `seg_head.*` for semseg), so `PTv3Segmentor` / `PTv3LanguageModel`
         load it strictly and `load_pretrained` loads it into a bare backbone.
@@ -210,15 +211,7 @@ class SceneSplatFamily(Family):
                 f"{adapter}: the adapter has PointLoRA prompt MLPs, which cannot be folded into the base weights, "
                 "got `lora.enable_prompt: true`. Deploy base + adapter (`load_adapter`) instead of a merged file."
             )
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_file(out) as tmp:
-            if out.suffix == ".safetensors":
-                from safetensors.torch import save_file  # lazy: only this branch writes safetensors
-
-                save_file(state, str(tmp), metadata={"format": "pt"})
-            else:
-                torch.save(state, tmp)
-        return out
+        return save_ptv3_checkpoint(model.state_dict(), out, bare=bare, info={"merged_adapter": str(adapter)})
 
 
 __all__ = ["DEMO_BASE_SETTINGS", "DEMO_TINY_CONFIG", "SceneSplatFamily", "demo_base_path", "demo_base_profile"]

@@ -5,12 +5,20 @@ Pointcept's CheckpointSaver writes `{"epoch", "state_dict", "optimizer", ...}` w
 `module.backbone.<ptv3 key>` under DDP (SceneSplat's released language checkpoint has this form);
 bare state dicts with or without `backbone.` are accepted too. `.pth` files are read with
 `torch.load(weights_only=True)` only: a file that needs arbitrary pickle is refused.
+
+A Pointcept `DefaultLORASegmentorV2` checkpoint wraps `backbone.enc` in PEFT: its keys read
+`backbone.enc.base_model.model.<enc key>` and `....attn.qkv.base_layer.weight`, next to the LoRA tensors.
+`load_ptv3_state_dict` reads it as the base it was trained on (frozen weights + trained head) and sets
+the LoRA tensors aside, saying so; `engine.lora.load_lora_checkpoint` reads those from the same file.
+
+`save_ptv3_checkpoint` writes what Pointcept's and SceneSplat's tester read: `{"epoch", "state_dict"}`.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import CheckpointError
+from engine.atomic import atomic_file
+from engine.errors import CheckpointError, CheckpointNotFoundError, Lora3dWarning
+
+_PEFT_WRAP = "base_model.model."
+_LORA_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"})
 
 _CONVERT_HINT = (
     "Convert it once where you trust the file: `python -c \"import torch; from safetensors.torch import "
@@ -82,7 +94,13 @@ def _read_file(path: Path) -> object:
 
 
 def load_ptv3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a PTv3 state dict, unwrapping `{"state_dict": ...}` and stripping DDP's `module.` prefix.
+    """Reads a PTv3 base state dict: `read_state_dict`, then a PEFT-wrapped (Pointcept LoRA) checkpoint's base
+    weights under their original names, its LoRA tensors set aside with a warning."""
+    return _unwrap_peft(read_state_dict(path), Path(path))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a state dict as stored, unwrapping `{"state_dict": ...}` and stripping DDP's `module.` prefix.
 
     Args:
         path: a `.pth`/`.pt` checkpoint (Pointcept/SceneSplat training checkpoint or a bare state
@@ -97,7 +115,7 @@ def load_ptv3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found, got {str(path)!r}. Check the path.")
+        raise CheckpointNotFoundError(f"{path}: checkpoint file not found, got {str(path)!r}. Check the path.")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty, got 0 bytes. Re-download or re-save the file.")
     obj = _read_file(path)
@@ -110,6 +128,57 @@ def load_ptv3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _unwrap_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The base weights of a PEFT-wrapped checkpoint under their original names; LoRA tensors set aside."""
+    if not any(_PEFT_WRAP in k or ".base_layer." in k for k in state):
+        return state
+    lora = [k for k in state if _LORA_PARTS.intersection(k.split("."))]
+    base = {
+        k.replace(f".{_PEFT_WRAP}", ".").removeprefix(_PEFT_WRAP).replace(".base_layer.", "."): v
+        for k, v in state.items() if k not in set(lora)
+    }
+    if lora:
+        warnings.warn(
+            f"{path}: a PEFT-wrapped (Pointcept LoRA) checkpoint: read its base weights under their original names "
+            f"and set aside {len(lora)} LoRA tensors; load those with `load_lora_checkpoint(model, {str(path)!r})`.",
+            Lora3dWarning,
+            stacklevel=3,
+        )
+    return base
+
+
+def save_ptv3_checkpoint(
+    state: dict[str, torch.Tensor], out: str | Path, bare: bool = False, info: dict | None = None
+) -> Path:
+    """Writes a PTv3 model's state dict as a checkpoint file, atomically.
+
+    Args:
+        state: the model's state dict (keys `backbone.*`, `seg_head.*`).
+        out: a `.pth`/`.pt` or `.safetensors` file.
+        bare: for `.pth`/`.pt`, write the state dict alone (`model.load_state_dict(torch.load(out))`)
+            instead of Pointcept's layout `{"epoch": 0, "state_dict": ..., "lora3d": info}`, which
+            Pointcept's and SceneSplat's testers (`checkpoint["state_dict"]`, `checkpoint["epoch"]`) and
+            lora3d's `model.pretrained` read. `.safetensors` is always the flat state dict.
+        info: plain values recorded under `"lora3d"` in the Pointcept layout (e.g. the merged adapter).
+
+    Returns:
+        The path written.
+    """
+    out = Path(out)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_file(out) as tmp:
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save_file  # noqa: PLC0415
+
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        elif bare:
+            torch.save(tensors, tmp)
+        else:
+            # `epoch` only feeds the testers' log line; a merge is not a training epoch.
+            torch.save({"epoch": 0, "state_dict": tensors, "lora3d": dict(info or {})}, tmp)
+    return out
 
 
 def _match_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError
-from engine.models.ptv3.checkpoint import LoadReport, load_ptv3_state_dict
+from engine.models.ptv3.checkpoint import LoadReport, read_state_dict
 
 PRETRAIN_PREFIX = "student.backbone."
 PEFT_ENC_PREFIX = "backbone.enc.base_model.model."
@@ -153,7 +153,7 @@ def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = Tr
     Raises:
         CheckpointError: unreadable file, unknown layout, or (strict) missing/unexpected/mismatched keys.
     """
-    layout, backbone, head, skipped = split_checkpoint(load_ptv3_state_dict(path), prefix, str(path))
+    layout, backbone, head, skipped = split_checkpoint(read_state_dict(path), prefix, str(path))
     own = model.state_dict()
     wrapped = any(k.startswith("backbone.") for k in own)
     ckpt = {f"backbone.{k}": v for k, v in backbone.items()} if wrapped else dict(backbone)

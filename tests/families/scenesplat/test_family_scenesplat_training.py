@@ -136,7 +136,8 @@ def test_merged_export_loads_strictly_into_a_plain_model_and_matches(tmp_path, s
     run = train(profile, install_signal_handlers=False)
     out = FAMILY.merge_adapter(profile, run.run_dir / "adapter", tmp_path / f"merged{suffix}")
     assert out.is_file() and not list(tmp_path.glob(".merged*"))
-    state = torch.load(out, weights_only=True) if suffix == ".pth" else load_file(str(out))
+    # .pth: Pointcept's layout, as SceneSplat's tester reads it (`checkpoint["state_dict"]`, `["epoch"]`).
+    state = torch.load(out, weights_only=True)["state_dict"] if suffix == ".pth" else load_file(str(out))
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert not any("lora" in k or "base_layer" in k for k in state)
     plain = PTv3Segmentor(dict(DEMO_TINY_CONFIG), 6)
