@@ -92,7 +92,7 @@ def _visible_order(count: int, uuids: list[str | None]) -> list[int]:
 
 def _load_nvml() -> NvmlLike | None:
     try:
-        import pynvml
+        import pynvml  # lazy: optional (nvidia-ml-py); a machine without it is CPU mode
     except ImportError:
         return None
     return pynvml

@@ -39,6 +39,7 @@ class FamilyEntry:
         family: `module:Class` of the Family subclass.
         commands: the family's own `lora3d` subcommands.
         demo: `module:function` of its built-in demo (`lora3d demo NAME`), or None.
+        merged_formats: lines for `lora3d merge --help`: which tools load the family's merged files.
     """
 
     name: str
@@ -46,3 +47,4 @@ class FamilyEntry:
     family: str
     commands: tuple[CliCommand, ...] = ()
     demo: str | None = None
+    merged_formats: str = ""

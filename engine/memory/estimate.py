@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from engine.families.base import MemoryDescription, Recipe
 
 GIB = 1024**3
@@ -56,7 +58,7 @@ class Estimate:
         estimate_bytes: peak bytes including overhead and the safety margin (compare with the device).
         expected_bytes: best guess of the peak, without the safety margin.
         breakdown: bytes per part (`BREAKDOWN_KEYS`).
-        tokens: tokens per micro-batch (points for PTv3, instances x latent tokens for MIDI).
+        tokens: tokens per micro-batch (the family's unit: points, or instances x latent tokens).
         device: "cuda" or "cpu", the device the overhead was counted for.
         correction: measured correction factor applied to the model part (1.0 = none).
         notes: assumptions and defaults the estimate used.
@@ -81,8 +83,6 @@ def _device_of(profile: Any) -> str:
     hardware = getattr(profile, "hardware", None)
     if hardware is not None:
         return "cpu" if hardware.cpu_mode else "cuda"
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

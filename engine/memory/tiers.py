@@ -1,6 +1,6 @@
 """Provides the documented memory tiers and the recommendation (rank, batch, checkpointing) they give.
 
-The tiers come from the MIDI-3D LoRA setup users know: under 12 GB not recommended; 12-16 GB batch 2
+The tiers come from the LoRA setup guide users know: under 12 GB not recommended; 12-16 GB batch 2
 with checkpointing and rank 8; 16-24 GB batch 4, checkpointing optional, rank 16; 24 GB and more batch
 8+, no checkpointing, rank 32+. Cards report a little under their marketed size (a "24 GB" card has
 23.99 GiB), so each boundary sits half a GiB below the marketed number.

@@ -137,7 +137,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ProfileError(f"{path}: invalid YAML{where}: {problem}. Fix the syntax (indentation, colons, quotes).") from None
     if data is None:
-        raise ProfileError(f"{path}: the profile is empty. Start from one in `profiles/`, e.g. profiles/demo-scenesplat.yaml.")
+        raise ProfileError(f"{path}: the profile is empty. Start from one in `profiles/` (the demos' profiles are `profiles/demo-*.yaml`).")
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping of sections, got a {type(data).__name__}.")
     return data

@@ -23,6 +23,11 @@ ENTRY = FamilyEntry(
                    "engine.families.midi.commands:cmd_infer"),
     ),
     demo="engine.families.midi.demo:run_demo",
+    merged_formats="""\
+  midi folder                diffusers transformer/: TripoSGDiTModel.from_pretrained(folder), infer --lora_path
+  midi .safetensors          the transformer's state dict: load_file(f) into transformer, infer --lora_path
+  midi .pth                  the transformer's state dict: transformer.load_state_dict(torch.load(f))
+""",
 )
 
 _EXPORTS = {"MidiDataOptions": "options", "MidiFamily": "family", "MidiModelOptions": "options",

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
 
 from engine.atomic import publish_folder
 from engine.cache import cache_root
@@ -205,6 +206,7 @@ def synthetic_prepared_scenes(
     They live under `root` (default `$LORA3D_CACHE/midi-synthetic/`) in a folder named by the settings;
     a finished folder is reused. Validation scenes use a different seed than training scenes.
     """
+    # lazy: trimesh and the rasteriser, needed only to build the synthetic scenes once
     from engine.families.midi.prepare import prepare_dataset
     from engine.families.midi.synthetic import write_synthetic_raw_scenes
 
@@ -253,8 +255,6 @@ class MidiDataReport:
         }
 
     def render(self, console: Any) -> None:
-        from rich.table import Table
-
         table = Table(title=f"MIDI data: {self.root}")
         for column in ("split", "scenes", "instances", "min/scene", "max/scene"):
             table.add_column(column)

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.families.midi.scene_data import PreparedScene
+from engine.models.dit.conditioning import encode_clip_image, encode_dinov2_image
 from engine.models.dit.vae import DiagonalGaussian
 
 __all__ = [
@@ -157,8 +158,6 @@ def encode_conditions(
     masks: torch.Tensor,  # (n, H, W) bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:  # (n, 1, Dc) or None, (n, M, Dd)
     """MIDI's two conditions: the projected CLIP token and the 7-channel DINOv2 tokens (TripoSG: DINOv2 only)."""
-    from engine.models.dit.conditioning import encode_clip_image, encode_dinov2_image
-
     frozen.calls["image"] += 1
     clip = None
     if frozen.clip is not None:

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import trimesh
 from torch import nn
 
 from engine.families.base import StepOutput
 from engine.families.midi.latents import FrozenParts, encode_conditions, encode_posterior, sample_posterior
 from engine.models.dit.flow import RectifiedFlowScheduler, add_noise, flow_target, sample_logit_normal_sigmas
+from engine.models.dit.mesh import extract_mesh
 from engine.seeding import sample_generators
 
 __all__ = [
@@ -236,8 +238,6 @@ def mesh_surface_points(mesh: Any, count: int, seed: int) -> np.ndarray | None:
     """(count, 3) points sampled on a trimesh, or None when the mesh is empty."""
     if len(getattr(mesh, "faces", [])) == 0:
         return None
-    import trimesh
-
     points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
     return np.asarray(points, dtype=np.float32)
 
@@ -272,8 +272,6 @@ def scene_chamfer(
         to the frozen VAE's own reconstruction of the ground truth (the DiT's error alone, whatever the
         VAE's quality), and the number of instances whose generated field had a surface.
     """
-    from engine.models.dit.mesh import extract_mesh
-
     frozen = frozen_parts(model)
     vae_dtype = next(frozen.vae.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)

@@ -21,6 +21,12 @@ ENTRY = FamilyEntry(
                    import_3dgs_arguments, "engine.families.scenesplat.commands:cmd_import_3dgs"),
     ),
     demo="engine.families.scenesplat.demo:run_demo",
+    merged_formats="""\
+  scenesplat .pth (default)  {"epoch", "state_dict"}: Pointcept / SceneSplat tester (`weight=`),
+                             lora3d `model.pretrained`, model.load_state_dict(torch.load(f)["state_dict"])
+  scenesplat .pth --bare     the state dict alone: model.load_state_dict(torch.load(f, weights_only=True))
+  scenesplat .safetensors    the state dict alone: safetensors.torch.load_file(f), `model.pretrained`
+""",
 )
 
 _EXPORTS = {

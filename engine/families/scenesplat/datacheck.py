@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from engine.errors import DataError
 from engine.families.scenesplat.data import IGNORE_INDEX, LABEL_KEYS, build_sample, load_scene
@@ -63,8 +64,6 @@ class DataReport:
 
     def render(self, console: Any, class_names: list[str] | None = None) -> None:
         """Prints the report as rich tables on `console` (a rich.console.Console)."""
-        from rich.table import Table
-
         splits = Table(title=f"Dataset {self.root}", title_justify="left")
         for col in ("split", "scenes", "min pts", "median pts", "max pts", "total pts"):
             splits.add_column(col, justify="left" if col == "split" else "right")

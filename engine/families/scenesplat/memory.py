@@ -27,8 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from engine.families.base import Lever, MemoryDescription
 from engine.families.scenesplat.options import output_width
+from engine.models.ptv3 import sparse_conv
+from engine.models.ptv3.sparse_conv import conv_transient_elements
 
 DEFAULT_ROOM_M = (8.0, 8.0, 3.0)
 """Scene extent in metres assumed for the dense neighbour lookup table of real data."""
@@ -69,8 +73,6 @@ def _device_type(profile: Any) -> str:
     hardware = getattr(profile, "hardware", None)
     if hardware is not None:
         return "cpu" if hardware.cpu_mode else "cuda"
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -91,8 +93,6 @@ def _search_bytes(profile: Any, points: int) -> float:
     blocks of up to 2^24 entries, about 20 bytes each (the keys, the lookup result, the hit mask and
     the hits' indices; measured 19-20 at 16k-50k points).
     """
-    from engine.models.ptv3 import sparse_conv
-
     queries = 124 * points
     table = _lookup_table_bytes(profile)
     if table / 8 > max(sparse_conv._DENSE_TABLE_MAX, sparse_conv._DENSE_CELLS_PER_QUERY * (queries + points)):
@@ -125,8 +125,6 @@ def conv_transient_bytes(cfg: dict[str, Any], points: int, device_type: str, ele
     Counted from the convolution's own chunking rule (`conv_transient_elements`): on CPU a fixed
     cache-sized chunk, on CUDA at most N x C elements of the level it runs at.
     """
-    from engine.models.ptv3.sparse_conv import conv_transient_elements
-
     return max(
         conv_transient_elements(max(1, int(points * factor)), c_in, c_out, device_type) * element_bytes
         for factor, c_in, c_out in _conv_layers(cfg)
@@ -315,8 +313,6 @@ def _block_phases(c: int, mlp_ratio: float, tokens: float, device_type: str) -> 
     and gathered into patch order (5 x C, 2 x 3C). CPE: input, conv input, conv output and the conv's two
     chunk buffers (`conv_transient_elements`).
     """
-    from engine.models.ptv3.sparse_conv import conv_transient_elements
-
     h = int(c * mlp_ratio)
     chunk = conv_transient_elements(max(1, int(tokens)), c, c, device_type) / 2
     return [[c * tokens] * 6 + [h * tokens] * 2,
@@ -326,8 +322,6 @@ def _block_phases(c: int, mlp_ratio: float, tokens: float, device_type: str) -> 
 
 def _forward_phases(cfg: dict[str, Any], points: int, head_width: int, device_type: str) -> list[list[float]]:
     """Every widest moment of one forward without gradients, as the tensors (elements each) alive then."""
-    from engine.models.ptv3.sparse_conv import conv_transient_elements
-
     factors = _level_factors(cfg)
     enc_ch = cfg["enc_channels"]
     ratio = float(cfg["mlp_ratio"])

@@ -181,14 +181,14 @@ def _load_encoder(cls: type, folder: str | Path, dtype: torch.dtype, device: tor
 
 def load_clip_image_encoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
     """Load a local `CLIPVisionModelWithProjection` folder (MIDI's `image_encoder_1/`)."""
-    from transformers import CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection  # lazy: transformers' model classes take seconds
 
     return _load_encoder(CLIPVisionModelWithProjection, folder, dtype, device)
 
 
 def load_dinov2_image_encoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
     """Load a local `Dinov2Model` folder (MIDI's `image_encoder_2/`, TripoSG's `image_encoder_dinov2/`)."""
-    from transformers import Dinov2Model
+    from transformers import Dinov2Model  # lazy: transformers' model classes take seconds
 
     return _load_encoder(Dinov2Model, folder, dtype, device)
 

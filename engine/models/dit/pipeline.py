@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from engine.errors import CheckpointError
@@ -32,6 +33,8 @@ from engine.models.dit.conditioning import (
     load_image_preprocessor,
     widen_dinov2_patch_embed,
 )
+from engine.models.dit.flow import RectifiedFlowScheduler
+from engine.models.dit.transformer import TripoSGDiTModel
 from engine.models.dit.vae import TripoSGVAEModel
 
 __all__ = ["LAYOUTS", "Pipeline", "build_tiny_pipeline", "detect_pipeline_kind", "load_pipeline"]
@@ -130,8 +133,6 @@ def _weight_variant(path: Path) -> str | None:
 
 def _check_keys(model: nn.Module, path: Path, variant: str | None) -> None:
     """Fail when the saved tensors do not cover the model exactly (diffusers may only warn)."""
-    from safetensors import safe_open
-
     files = sorted(path.glob("*.safetensors"))
     if variant is None:
         files = [f for f in files if not any(f".{v}." in f.name for v in _VARIANTS)]
@@ -151,7 +152,7 @@ def _check_keys(model: nn.Module, path: Path, variant: str | None) -> None:
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hides transformers' per-model "Loading weights" / "Writing model shards" bars, restoring the setting after."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers takes seconds to import
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -217,9 +218,6 @@ def load_pipeline(
         CheckpointError: a missing subfolder/file, unreadable JSON, weights that do not match their
             config, or components whose widths disagree; the message names the path.
     """
-    from engine.models.dit.flow import RectifiedFlowScheduler  # noqa: F401  (fail early if absent)
-    from engine.models.dit.transformer import TripoSGDiTModel
-
     root = Path(folder)
     if not root.is_dir():
         raise CheckpointError(f"{root}: model folder not found, got {str(folder)!r}. Pass a local model folder.")
@@ -272,6 +270,7 @@ def build_tiny_pipeline(
     Returns:
         The folder.
     """
+    # lazy: diffusers' and transformers' model classes take seconds to import
     import diffusers
     from transformers import (
         BitImageProcessor,
@@ -281,9 +280,6 @@ def build_tiny_pipeline(
         Dinov2Config,
         Dinov2Model,
     )
-
-    from engine.models.dit.flow import RectifiedFlowScheduler
-    from engine.models.dit.transformer import TripoSGDiTModel
 
     if kind not in LAYOUTS:
         raise ValueError(f"kind: must be one of {sorted(LAYOUTS)}, got {kind!r}.")

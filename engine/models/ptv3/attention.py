@@ -30,7 +30,7 @@ ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 
 def _import_flash_attn() -> Any | None:
     try:
-        import flash_attn  # noqa: PLC0415
+        import flash_attn  # noqa: PLC0415  # lazy: optional accelerator, imported only on CUDA
     except ImportError:
         return None
     return flash_attn

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.atomic import atomic_file
@@ -66,8 +67,6 @@ class LoadReport:
 
 def _read_file(path: Path) -> object:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
@@ -170,9 +169,7 @@ def save_ptv3_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_file(out) as tmp:
         if out.suffix == ".safetensors":
-            from safetensors.torch import save_file  # noqa: PLC0415
-
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+                save_file(tensors, str(tmp), metadata={"format": "pt"})
         elif bare:
             torch.save(tensors, tmp)
         else:

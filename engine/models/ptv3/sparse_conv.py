@@ -36,7 +36,7 @@ _CPU_CHUNK_ELEMS = 1 << 18
 
 def _import_spconv() -> Any | None:
     try:
-        import spconv.pytorch as spconv  # noqa: PLC0415
+        import spconv.pytorch as spconv  # noqa: PLC0415  # lazy: optional accelerator, imported only on CUDA
     except ImportError:
         return None
     return spconv
