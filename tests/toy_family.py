@@ -128,6 +128,11 @@ class ToyTask:
         return {"val_loss": total / max(n, 1)}
 
 
+def _seeds() -> tuple[int, int]:
+    """Read at call time, so a test can change the data the family builds."""
+    return TRAIN_SEED, VAL_SEED
+
+
 DEMO_PROFILE: dict[str, Any] = {
     "schema_version": 1,
     "name": "demo-toy",
@@ -197,13 +202,13 @@ class ToyFamily(Family):
 
     def build_datasets(self, recipe: Recipe):
         data = recipe.profile.data
-        return ToyDataset(data.num_train, TRAIN_SEED), ToyDataset(data.num_val, VAL_SEED)
+        return ToyDataset(data.num_train, _seeds()[0]), ToyDataset(data.num_val, _seeds()[1])
 
     def collate(self, samples):
         return {"x": torch.stack([s["x"] for s in samples]), "y": torch.stack([s["y"] for s in samples])}
 
     def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
-        return {"data_seeds": [TRAIN_SEED, VAL_SEED]}
+        return {"data_seeds": list(_seeds())}
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         blocks = recipe.profile.model.num_blocks
