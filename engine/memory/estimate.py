@@ -32,8 +32,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from engine.families.base import MemoryDescription, Recipe
 
 GIB = 1024**3
@@ -74,16 +72,6 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _device_of(profile: Any) -> str:
-    device = profile.train.device
-    if device in ("cpu", "cuda"):
-        return device
-    hardware = getattr(profile, "hardware", None)
-    if hardware is not None:
-        return "cpu" if hardware.cpu_mode else "cuda"
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def correction_for(profile: Any, device: str) -> float:
@@ -198,7 +186,7 @@ def estimate_recipe(
         The Estimate; `estimate_bytes` is the number to compare with the device.
     """
     profile = recipe.profile
-    device = device or _device_of(profile)
+    device = device or profile.device_type
     description = description or recipe.family.describe_memory(recipe)
     train = profile.train
     notes = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SCHEMA_VERSION = 1
@@ -148,6 +149,15 @@ class Profile(Section):
                 f"Set `schema_version: {SCHEMA_VERSION}`"
             )
         return self
+
+    @property
+    def device_type(self) -> str:
+        """"cuda" or "cpu": `train.device`, or for `auto` the planned machine (`hardware.cpu_mode`), then torch's."""
+        if self.train.device in ("cpu", "cuda"):
+            return self.train.device
+        if self.hardware is not None:
+            return "cpu" if self.hardware.cpu_mode else "cuda"
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def effective_batch(self) -> int:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from engine.families.base import Lever, MemoryDescription
 from engine.families.scenesplat.options import output_width
 from engine.models.ptv3 import sparse_conv
@@ -63,17 +61,6 @@ _GLIBC_MMAP_MAX = 32 * 1024**2
 _CPU_HEAP_RETENTION = 1.5
 """Peak RSS above the live tensors, per byte of small (heap) tensors alive at once; measured at 4k-50k
 points of the SceneSplat shape (1.43, 1.52, 1.63), see `inference_memory`."""
-
-
-def _device_type(profile: Any) -> str:
-    """"cuda" or "cpu", as the estimate resolves `train.device` (auto: `hardware.cpu_mode`, then torch)."""
-    device = profile.train.device
-    if device in ("cpu", "cuda"):
-        return device
-    hardware = getattr(profile, "hardware", None)
-    if hardware is not None:
-        return "cpu" if hardware.cpu_mode else "cuda"
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _lookup_table_bytes(profile: Any) -> float:
@@ -284,7 +271,7 @@ def describe_memory(recipe: Any) -> MemoryDescription:
     points, source = points_per_scene(profile)
     # Counted in fp32 whatever `mixed_precision` says: the planner reuses one description while it
     # varies the precision, and under bf16 this small term is merely counted twice over.
-    conv_bytes = conv_transient_bytes(cfg, points, _device_type(profile))
+    conv_bytes = conv_transient_bytes(cfg, points, profile.device_type)
     notes = [f"points per scene: {points} ({source})",
              "PTv3 attention: O(points x patch) through SDPA/flash, no stored scores"
              if not scores_stored else "PTv3 attention: math path (enable_rpe/upcast) stores heads x patch per point"]
@@ -368,7 +355,7 @@ def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None =
     profile, options = recipe.profile, recipe.options
     cfg = _config(options.backbone)
     description = describe_memory(recipe)
-    device_type = device_type or _device_type(profile)
+    device_type = device_type or profile.device_type
     points = description.tokens_per_sample * batch_size
     head = options.num_classes if options.task == "semseg" else output_width(cfg)
     inputs = points * description.input_bytes_per_token
