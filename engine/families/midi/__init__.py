@@ -17,7 +17,7 @@ ENTRY = FamilyEntry(
     label="MIDI-3D: rectified-flow DiT (TripoSG) for multi-instance 3D scenes",
     family="engine.families.midi.family:MidiFamily",
     commands=(
-        CliCommand("prepare-mesh", "turn folders of meshes into MIDI training data", prepare_mesh_arguments,
+        CliCommand("prepare-mesh", "turn folders of meshes (OBJ, GLB/glTF, PLY, STL, OFF, DAE, 3MF) into MIDI training data", prepare_mesh_arguments,
                    "engine.families.midi.commands:cmd_prepare_mesh"),
         CliCommand("infer", "generate a 3D scene (GLB/OBJ/PLY) from an image and a segmentation", infer_arguments,
                    "engine.families.midi.commands:cmd_infer"),

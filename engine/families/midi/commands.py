@@ -15,6 +15,7 @@ def prepare_mesh_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image_size", "--image-size", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--allow_pickle_npy", action="store_true", help="read TripoSG pickled .npy dicts (unpickles!)")
+    p.add_argument("--seed", type=int, default=0, help="seed for surface sampling and render cameras")
 
 
 def cmd_prepare_mesh(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def cmd_prepare_mesh(args: argparse.Namespace) -> int:
 
     report = prepare_dataset(
         args.input_dir, args.output_dir, num_samples=args.num_samples, image_size=args.image_size,
-        workers=args.workers, allow_pickle_npy=args.allow_pickle_npy,
+        workers=args.workers, allow_pickle_npy=args.allow_pickle_npy, seed=args.seed,
     )
     return 1 if report.failed else 0
 
