@@ -23,24 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import CheckpointError
+from engine.train.state import TrainState
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "checkpoint.json"
-
-
-@dataclass
-class TrainState:
-    """Everything besides tensors needed to continue a run exactly where it stopped."""
-
-    step: int
-    epoch: int
-    epoch_sample: int
-    """Samples of the current epoch already consumed (on all processes)."""
-    micro_batch: int
-    grad_accum: int
-    best_metric: float | None = None
-    best_step: int | None = None
-    loss_ema: float | None = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -142,7 +128,7 @@ def save_checkpoint(
             tmp / MANIFEST,
             {
                 "format": "lora3d-checkpoint/1",
-                "state": state.__dict__,
+                "state": state.to_dict(),
                 "scheduler": scheduler_state,
                 "identity": identity,
                 "extra": extra or {},
@@ -227,7 +213,7 @@ def load_checkpoint(folder: Path) -> LoadedCheckpoint:
         )
         rng_tensors = load_file(str(folder / "rng.safetensors"))
         rng_plain = json.loads((folder / "rng.json").read_text())
-        state = TrainState(**info["state"])
+        state = TrainState.from_dict(info["state"])
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CheckpointError(
             f"{folder}: checkpoint is damaged or incomplete ({exc}). Delete this folder to resume from the one before it."
