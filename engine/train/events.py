@@ -10,6 +10,7 @@ line nested too deeply for the JSON parser is skipped like a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 from engine.errors import CheckpointError
 from engine.train.event_types import Event, parse_event
+from engine.write_errors import TRAIN_ELSEWHERE, write_error
 
 EVENT_TYPES = ("start", "step", "eval", "checkpoint", "warning", "error", "end", "oom", "info")
 END_STATUSES = ("completed", "stopped", "failed")
@@ -39,20 +41,25 @@ def _clean(value: Any) -> Any:
 class EventLog:
     """Appends events to `path` and forwards each to listeners (the headless progress display)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, then: Callable[[], str] | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self.then = then
+        """What to do once a failed write is fixed (the trainer's resume advice), for the error message."""
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._file = None
         if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a+b")  # noqa: SIM115 - kept open for the run
-            needs_newline = False
-            if self._file.seek(0, os.SEEK_END) > 0:
-                self._file.seek(-1, os.SEEK_END)
-                needs_newline = self._file.read(1) != b"\n"
-            if needs_newline:  # a torn line from a killed run: end it so the next event parses
-                self._file.write(b"\n")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "a+b")  # noqa: SIM115 - kept open for the run
+                needs_newline = False
+                if self._file.seek(0, os.SEEK_END) > 0:
+                    self._file.seek(-1, os.SEEK_END)
+                    needs_newline = self._file.read(1) != b"\n"
+                if needs_newline:  # a torn line from a killed run: end it so the next event parses
+                    self._file.write(b"\n")
+            except OSError as exc:
+                raise self._write_error(exc) from None
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         assert type in EVENT_TYPES, type
@@ -62,14 +69,17 @@ class EventLog:
                 self._file.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
                 self._file.flush()
             except OSError as exc:
-                self._file = None  # stop writing: a further attempt would fail the same way
-                raise CheckpointError(
-                    f"{self.path}: the event log could not be written ({exc.strerror or exc}). Free disk space, "
-                    "then continue with --resume from the newest checkpoint."
-                ) from None
+                file, self._file = self._file, None  # stop writing: a further attempt would fail the same way
+                with contextlib.suppress(OSError):
+                    file.close()
+                raise self._write_error(exc) from None
         for listener in self.listeners:
             listener(event)
         return event
+
+    def _write_error(self, exc: OSError) -> CheckpointError:
+        then = self.then() if self.then is not None else ""
+        return write_error(self.path, exc, "the event log could not be written", then=then, elsewhere=TRAIN_ELSEWHERE)
 
     def close(self) -> None:
         if self._file is not None:

@@ -8,16 +8,19 @@ never a mix. Checkpoints are `engine.train.checkpoint`'s.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from engine.atomic import replace_folder
-from engine.errors import CheckpointError
 from engine.families.base import Family
+from engine.write_errors import TRAIN_ELSEWHERE, write_error
 
 
 def save_full_model(model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:
@@ -28,8 +31,14 @@ def save_full_model(model: nn.Module, folder: Path, metadata: dict[str, Any]) ->
     (folder / "lora3d_metadata.json").write_text(json.dumps({**metadata, "method": "full"}, indent=2))
 
 
-def save_adapter(model: nn.Module, folder: Path, family: Family, method: str, metadata: dict[str, Any]) -> None:
-    """Writes the adapter (or, for `full`, the whole model) to `folder`, replacing it atomically."""
+def save_adapter(model: nn.Module, folder: Path, family: Family, method: str, metadata: dict[str, Any],
+                 then: str = "") -> None:
+    """Writes the adapter (or, for `full`, the whole model) to `folder`, replacing it atomically.
+
+    Raises:
+        CheckpointError: a write failed (full disk, read-only folder); nothing partial is left and an
+            older `folder` is unchanged. `then` says what to do once the disk is fixed.
+    """
     try:
         with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as staging:
             staged = Path(staging) / folder.name
@@ -38,7 +47,24 @@ def save_adapter(model: nn.Module, folder: Path, family: Family, method: str, me
             else:
                 family.save_adapter(model, staged, metadata)
             replace_folder(staged, folder)
-    except OSError as exc:
-        raise CheckpointError(
-            f"{folder}: adapter could not be written ({exc.strerror or exc}). Free disk space and rerun with --resume."
-        ) from None
+    except (OSError, SafetensorError) as exc:
+        raise write_error(folder, exc, "adapter could not be written", then=then, elsewhere=TRAIN_ELSEWHERE) from None
+
+
+def tidy_adapter_leftovers(run_dir: Path) -> list[Path]:
+    """Removes the hidden staging folders (`.adapter.*`, `.adapter-best.*`) a killed adapter write left.
+
+    A kill between moving the old folder aside and moving the new one in leaves no `adapter/`: then the old
+    complete folder (`.<name>.*.old/<name>`) is moved back, and returned.
+    """
+    restored = []
+    for name in ("adapter", "adapter-best"):
+        leftovers = sorted(run_dir.glob(f".{name}.*"))
+        dest = run_dir / name
+        for old in (p for p in leftovers if p.name.endswith(".old")):
+            if not dest.exists() and (old / name).is_dir():
+                os.replace(old / name, dest)
+                restored.append(dest)
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+    return restored

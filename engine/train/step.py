@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
@@ -60,3 +61,10 @@ def forward_backward(model: nn.Module, task: Task, accelerator: Accelerator, mic
     if accelerator.num_processes > 1:
         loss = accelerator.reduce(loss, reduction="mean")
     return StepResult(float(loss), samples, tokens, metrics)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak CUDA memory allocated on a GPU run; the process's resident memory on a CPU run."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)

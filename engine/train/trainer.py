@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-import torch
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -28,11 +26,12 @@ from engine.families.base import Recipe
 from engine.lora.inject import apply_lora_spec
 from engine.train import batching, evaluation
 from engine.train.accelerator import build_accelerator
-from engine.train.checkpoint import prune_checkpoints, save_checkpoint
+from engine.train.checkpoint import prune_checkpoints, resume_advice, save_checkpoint
 from engine.train.control import RunControl
 from engine.train.events import EventLog
 from engine.train.guards import LossWatchdog, check_gradient_flow
 from engine.train.identity import run_identity
+from engine.train.lock import LOCK_FILE, RunLock
 from engine.train.oom import is_oom, shrink_after_oom
 from engine.train.optimizer import build_optimizer
 from engine.train.params import trainable_summary
@@ -40,8 +39,9 @@ from engine.train.resume import resume_run
 from engine.train.run_dir import check_run_dir, prepare_run_dir, write_resolved_profile
 from engine.train.saving import save_adapter
 from engine.train.state import TrainState
-from engine.train.step import StepResult, forward_backward
+from engine.train.step import StepResult, forward_backward, peak_memory_bytes
 from engine.train.stream import StepStream
+from engine.write_errors import TRAIN_ELSEWHERE, write_error, write_error_within
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -108,6 +108,8 @@ class Trainer:
         self.events: EventLog | None = None
         self.is_main = True
         self._stream: StepStream | None = None
+        self._lock: RunLock | None = None
+        self._last_checkpoint: tuple[dict[str, Any], Path] | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -132,20 +134,24 @@ class Trainer:
 
     def run(self) -> RunResult:
         """Sets up, trains, saves and cleans up; returns how the run ended (errors are raised after the
-        `error` and `end` events are written)."""
+        `error` and `end` events are written).
+
+        A completed run writes `adapter/`; a stopped one (signal, STOP file, `request_stop`) writes its last
+        step's adapter there too, marked `partial` in its metadata and in the `end` event, and can be resumed.
+        """
         try:
             self.setup()
             if self.install_signal_handlers:
                 self.control.install_signal_handlers()
             status = self._train()
-            if status == "completed":
-                self._save_adapter(self.run_dir / "adapter")
+            self._save_adapter(self.run_dir / "adapter", partial=status == "stopped")
             self._end_event(status)
             return RunResult(status, self.state.step, self.run_dir, self._final_metrics(), self.losses)
         except BaseException as exc:
-            message = str(exc) if isinstance(exc, Lora3dError) else f"{type(exc).__name__}: {exc}"
-            self.events_emit("error", message=message, kind=type(exc).__name__)
-            self.events_emit("end", status="failed", step=getattr(getattr(self, "state", None), "step", 0))
+            error = self._disk_error(exc)
+            self._failure_events(error or exc)
+            if error is not None:
+                raise error from None
             raise
         finally:
             self.control.restore_signal_handlers()
@@ -176,7 +182,7 @@ class Trainer:
         self.steps_per_epoch = batching.steps_per_epoch(len(self.train_ds), self.samples_per_step)
         self.total_steps = profile.train.max_steps or (profile.train.epochs or 1) * self.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(self.model, profile.train, self.total_steps)
-        self.identity = run_identity(self.recipe, self.model, self.train_ds)
+        self.identity = run_identity(self.recipe, self.model, self.train_ds, self.num_processes)
         resumed_from = self._setup_resume()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -187,15 +193,28 @@ class Trainer:
         self._start_event(resumed_from)
 
     def _setup_run_dir(self) -> None:
+        """Refuses a wrong run directory before writing anything; then (main process) takes its lock for the
+        run's life, tidies a killed run's leftovers and writes `profile.resolved.yaml` (a resume writes it once
+        its checkpoint is accepted, so a refused resume leaves the run's own)."""
         check_run_dir(self.run_dir, self.resume)
-        if self.is_main:
-            prepare_run_dir(self.run_dir)
+        if not self.is_main:
+            return
+        self._lock, cleanup = prepare_run_dir(self.run_dir)
+        self._recovered = cleanup.recovered
+        try:
             self.control.clear_files()
+        except OSError as exc:
+            raise write_error(self.run_dir, exc, "a STOP/SAVE file could not be removed", then="then rerun",
+                              elsewhere=TRAIN_ELSEWHERE) from None
+        if not self.resume:
             write_resolved_profile(self.recipe, self.run_dir)
 
     def _setup_events(self) -> EventLog:
-        events = EventLog(self.run_dir / "events.jsonl", enabled=self.is_main)
+        events = EventLog(self.run_dir / "events.jsonl", enabled=self.is_main, then=self._resume_advice)
         events.listeners.extend(self.listeners if self.is_main else [])
+        for path in getattr(self, "_recovered", []):
+            events.emit("info", message=f"recovered {path}: a complete save that a killed run had not finished "
+                                        "renaming into place")
         return events
 
     def _setup_model(self) -> nn.Module:
@@ -231,12 +250,17 @@ class Trainer:
         """Restores the newest complete checkpoint when resuming; returns its name."""
         if not self.resume:
             return None
-        resumed = resume_run(self.run_dir, self.identity, self.model, self.optimizer, self.scheduler,
-                             self.num_processes)
+        train = self.profile.train
+        batch = {"batch_size": train.batch_size, "grad_accum": train.grad_accum, "processes": self.num_processes}
+        resumed = resume_run(self.run_dir, self.identity, self.model, self.optimizer, self.scheduler, batch)
         if resumed is None:
             self.events_emit("warning", message=f"--resume: no complete checkpoint in {self.run_dir}; starting fresh")
+            self._write_resolved_profile()
             return None
         self.state = resumed.state
+        if resumed.note:
+            self.events_emit("info", message=resumed.note)
+        self._write_resolved_profile()
         return resumed.path.name
 
     def _setup_trackers(self) -> None:
@@ -269,6 +293,7 @@ class Trainer:
             start_step=self.state.step,
             params=trainable_summary(self.accelerator.unwrap_model(self.model)),
             pid=os.getpid(),
+            lock=str(self.run_dir / LOCK_FILE) if self.is_main else None,
         )
 
     # ------------------------------------------------------------------ train
@@ -381,18 +406,13 @@ class Trainer:
             step_time=seconds,
             samples_per_s=result.samples * self.num_processes / seconds if seconds > 0 else None,
             tokens_per_s=result.tokens * self.num_processes / seconds if seconds > 0 else None,
-            memory_bytes=self._memory_bytes(),
+            memory_bytes=peak_memory_bytes(self.accelerator.device),
             micro_batch=state.micro_batch,
             grad_accum=state.grad_accum,
             **{f"train/{k}": v for k, v in result.metrics.items()},
         )
         if self.profile.output.tensorboard:
             self.accelerator.log({"train/loss": result.loss, "train/lr": lr}, step=state.step)
-
-    def _memory_bytes(self) -> int:
-        if self.accelerator.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.accelerator.device))
-        return int(psutil.Process().memory_info().rss)
 
     def _evaluate(self) -> None:
         """Evaluates, tracks the best metric (writing `adapter-best/` on improvement) and says so."""
@@ -413,18 +433,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ save
     def _save_checkpoint(self, reason: str) -> None:
+        """Writes a checkpoint of this step (or names the one just written, when nothing changed since)."""
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
+        saved = self._last_checkpoint
+        if saved is not None and saved[0] == self.state.to_dict() and saved[1].is_dir():
+            self.events_emit("checkpoint", step=self.state.step, path=str(saved[1]), reason=reason)
+            return
         model = self.accelerator.unwrap_model(self.model)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        root = self.run_dir / "checkpoints"
-        path = save_checkpoint(root, self.state, trainable, self.optimizer.state_dict(), self.scheduler.state_dict(),
-                               self.identity, extra={"reason": reason, "num_processes": self.num_processes})
-        prune_checkpoints(root, self.profile.train.keep_last)
+        train = self.profile.train
+        extra = {"reason": reason, "num_processes": self.num_processes, "batch_size": train.batch_size,
+                 "grad_accum": train.grad_accum}
+        path = save_checkpoint(self.checkpoint_root, self.state, trainable, self.optimizer.state_dict(),
+                               self.scheduler.state_dict(), self.identity, extra=extra)
+        self._last_checkpoint = (self.state.to_dict(), path)
+        prune_checkpoints(self.checkpoint_root, train.keep_last)
         self.events_emit("checkpoint", step=self.state.step, path=str(path), reason=reason)
 
-    def _save_adapter(self, folder: Path) -> None:
+    def _save_adapter(self, folder: Path, partial: bool = False) -> None:
+        """Writes the adapter of this step; `partial` marks a stopped run's (its metadata says so)."""
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
@@ -434,9 +463,19 @@ class Trainer:
             "task": profile.model.task,
             "pretrained": str(profile.model.pretrained) if profile.model.pretrained else None,
             "step": self.state.step,
+            "total_steps": self.total_steps,
+            "partial": partial,
             "profile_name": profile.name,
         }
-        save_adapter(self.accelerator.unwrap_model(self.model), folder, self.family, self.recipe.lora.method, metadata)
+        save_adapter(self.accelerator.unwrap_model(self.model), folder, self.family, self.recipe.lora.method, metadata,
+                     then=self._resume_advice())
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _resume_advice(self) -> str:
+        return resume_advice(self.checkpoint_root)
 
     def _write_resolved_profile(self) -> None:
         if self.is_main:
@@ -449,7 +488,18 @@ class Trainer:
     def _end_event(self, status: str) -> None:
         self.events_emit("end", status=status, step=self.state.step, final_loss=self.losses[-1] if self.losses else None,
                          best_metric=self.state.best_metric, best_step=self.state.best_step,
-                         adapter=str(self.run_dir / "adapter") if status == "completed" else None)
+                         adapter=str(self.run_dir / "adapter"), partial=status != "completed")
+
+    def _disk_error(self, exc: BaseException) -> Lora3dError | None:
+        """A full disk or read-only folder met by a write in the run directory that no writer above translated
+        (e.g. inside a tracker): the message every writer gives, instead of a traceback."""
+        return write_error_within(self.run_dir, exc, then=self._resume_advice(), elsewhere=TRAIN_ELSEWHERE)
+
+    def _failure_events(self, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, Lora3dError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Lora3dError):  # the log itself may be what failed (a full disk)
+            self.events_emit("error", message=message, kind=type(exc).__name__)
+            self.events_emit("end", status="failed", step=getattr(getattr(self, "state", None), "step", 0))
 
     # ------------------------------------------------------------------ cleanup
     def _cleanup(self) -> None:
@@ -459,6 +509,9 @@ class Trainer:
                 accelerator.end_training()
         if self.events is not None:
             self.events.close()
+        if self._lock is not None:
+            self._lock.release()  # the last thing: the run directory is consistent when the next process enters
+            self._lock = None
 
 
 def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, **kwargs: Any) -> RunResult:
