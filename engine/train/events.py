@@ -149,6 +149,13 @@ def _open_log(path: Path):
         raise CheckpointError(f"{path}: the event log cannot be read ({exc.strerror}). Check its permissions.") from None
 
 
+def check_event_log(path: Path) -> None:
+    """Raises the reader's CheckpointError when `path` exists but is a folder or unreadable (for a command
+    that wants to refuse before it starts following a run)."""
+    with contextlib.suppress(FileNotFoundError):
+        _open_log(path).close()
+
+
 def parse_line(raw: bytes | str) -> dict[str, Any] | None:
     """One event as a dict, or None for a torn, empty, over-nested or non-event line."""
     try:

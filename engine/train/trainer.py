@@ -110,6 +110,7 @@ class Trainer:
         self._stream: StepStream | None = None
         self._lock: RunLock | None = None
         self._last_checkpoint: tuple[dict[str, Any], Path] | None = None
+        self._steps_limit: int | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -132,13 +133,18 @@ class Trainer:
         if self.events is not None and self.is_main:
             self.events.emit(type, **fields)
 
-    def run(self) -> RunResult:
+    def run(self, steps: int | None = None) -> RunResult:
         """Sets up, trains, saves and cleans up; returns how the run ended (errors are raised after the
         `error` and `end` events are written).
 
         A completed run writes `adapter/`; a stopped one (signal, STOP file, `request_stop`) writes its last
         step's adapter there too, marked `partial` in its metadata and in the `end` event, and can be resumed.
+
+        Args:
+            steps: train at most this many steps in this call, then stop as a STOP file would (the schedule
+                stays the recipe's: `--resume` continues it); None runs to the end.
         """
+        self._steps_limit = steps
         try:
             self.setup()
             if self.install_signal_handlers:
@@ -303,10 +309,13 @@ class Trainer:
         if self.state.step >= self.total_steps:
             return "completed"
         self.model.train()
+        first = self.state.step
         while self.state.step < self.total_steps:
             self._one_step()
             if self.hooks.after_step is not None:
                 self.hooks.after_step(self)
+            if self._steps_limit is not None and self.state.step - first >= self._steps_limit:
+                self.request_stop(f"run(steps={self._steps_limit})")
             if evaluation.eval_due(self.state, train.eval_every, self.total_steps):
                 self._evaluate()
             stop_file, save_file = self.control.poll_files(self.accelerator)

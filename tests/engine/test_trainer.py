@@ -274,3 +274,17 @@ def test_loader_workers_give_the_same_run(tmp_path):
                              data={"num_workers": 2}))
     assert workers.losses == pytest.approx(inline.losses, abs=1e-7)  # 10 steps cross an epoch boundary
     _assert_same_weights(_lora_weights(tmp_path / "inline"), _lora_weights(tmp_path / "workers"))
+
+
+def test_run_a_few_steps_then_resume_and_the_eval_hook(tmp_path):
+    """`run(steps=N)` stops after N steps of this call (as STOP does); `after_eval` sees every evaluation."""
+    evals = []
+    hooks = TrainerHooks(after_eval=lambda trainer, metrics: evals.append((trainer.state.step, sorted(metrics))))
+    first = Trainer(_profile(tmp_path, train={"eval_every": 2}), hooks=hooks, install_signal_handlers=False).run(steps=3)
+    assert first.status == "stopped" and first.step == 3 and evals == [(2, ["val_loss"])]
+    second = Trainer(_profile(tmp_path, train={"eval_every": 2}), resume=True, hooks=hooks,
+                     install_signal_handlers=False).run(steps=2)
+    assert second.status == "stopped" and second.step == 5
+    last = Trainer(_profile(tmp_path, train={"eval_every": 2}), resume=True, hooks=hooks,
+                   install_signal_handlers=False).run()
+    assert last.status == "completed" and last.step == 6 and [s for s, _ in evals] == [2, 4, 6]

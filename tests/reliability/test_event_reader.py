@@ -144,3 +144,13 @@ def test_empty_output_dir_never_trains_into_the_current_folder(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "`output.dir` is empty" in err and "Traceback" not in err
     assert list(work.iterdir()) == []
+
+
+def test_check_event_log_refuses_a_folder_before_following(tmp_path):
+    from engine.errors import CheckpointError
+    from engine.train.events import check_event_log
+
+    check_event_log(tmp_path / "events.jsonl")  # not there yet: fine, a run may still be starting
+    (tmp_path / "events.jsonl").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        check_event_log(tmp_path / "events.jsonl")
