@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from engine.errors import Lora3dError
 from engine.families.registry import family_entries
+from engine.write_errors import is_disk_problem, write_error
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def _console(stderr: bool = False):
@@ -53,6 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`lora3d train`: exit 0 completed, 3 stopped (checkpoint and partial adapter written; --resume continues),
+    2 a problem the message names, 1 an unexpected failure."""
     from engine.profile import dump_profile  # lazy: see _load
 
     recipe = _load(args)
@@ -64,28 +67,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"(effective batch {profile.effective_batch}); nothing was written"
         )
         return EXIT_OK
+    # lazy: the memory checks and the trainer import torch and accelerate
+    from engine.memory.fingerprint import check_hardware
+    from engine.memory.hostram import check_host_ram
+    from engine.memory.oom import check_fits
+    from engine.memory.plan import hardware_for_plan
+
+    hardware = hardware_for_plan()  # this machine (or the LORA3D_FAKE_GPU_GB test seam, as `lora3d plan`)
+    for warning in check_hardware(profile, hardware) + check_host_ram(recipe, hardware):
+        _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    if args.force:
+        _console(stderr=True).print("[yellow]note:[/] --force: the memory check before training is skipped")
+    else:
+        check_fits(recipe, hardware)
     if args.launch:
         from engine.launch import launch_profile  # lazy: imports torch
 
-        return launch_profile(profile, args.profile, args.set, out=args.out, resume=args.resume)
-    # lazy: the trainer and the memory checks import torch and accelerate
-    from engine.hardware import probe_hardware
-    from engine.memory.fingerprint import check_hardware
-    from engine.memory.hostram import check_host_ram
+        return launch_profile(profile, args.profile, args.set, out=args.out, resume=args.resume, force=True)
     from engine.train.display import HeadlessDisplay
     from engine.train.prerequisites import ensure_prerequisites
     from engine.train.trainer import Trainer
 
-    hardware = probe_hardware()
-    for warning in check_hardware(profile, hardware) + check_host_ram(recipe, hardware):
-        _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     display = HeadlessDisplay(quiet=args.quiet)
     trainer = Trainer(recipe, resume=args.resume, listeners=[display], prepare=ensure_prerequisites)
     try:
         result = trainer.run()
     finally:
         display.close()
-    return EXIT_OK if result.status in ("completed", "stopped") else EXIT_FAILED
+    if result.status == "stopped":
+        resolved = result.run_dir / "profile.resolved.yaml"
+        _console(stderr=True).print(
+            f"[yellow]stopped[/] at step {result.step}: checkpoint and partial adapter written (exit code "
+            f"{EXIT_STOPPED}); continue with `lora3d train {resolved} --resume`"
+        )
+        return EXIT_STOPPED
+    return EXIT_OK if result.status == "completed" else EXIT_FAILED
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -166,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved profile only")
     p.add_argument("--launch", action="store_true", help="run through accelerate launch per the `launch` section")
     p.add_argument("--quiet", action="store_true", help="no progress display (events.jsonl is still written)")
+    p.add_argument("--force", action="store_true",
+                   help="train even when the memory planner says the run cannot fit this machine")
     p.set_defaults(func=cmd_train)
 
     p = profile_cmd("validate", "validate a profile and print it resolved")
@@ -234,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Lora3dError as exc:
         _print_error(str(exc))
+        return EXIT_USAGE
+    except Exception as exc:
+        if not is_disk_problem(exc):
+            raise
+        # A full disk or read-only folder met by a write no command translated: the user's to fix, no traceback.
+        _print_error(str(write_error(getattr(exc, "filename", None) or "a file", exc)))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _print_error("interrupted")

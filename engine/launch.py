@@ -17,7 +17,7 @@ from engine.profile.schema import Profile
 
 
 def launch_command(profile: Profile, profile_path: str, overrides: list[str], out: str | None = None,
-                   resume: bool = False) -> list[str]:
+                   resume: bool = False, force: bool = False) -> list[str]:
     """The argv that runs this profile on `launch.num_processes` processes over `launch.num_machines` machines."""
     launch = profile.launch
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
@@ -48,12 +48,17 @@ def launch_command(profile: Profile, profile_path: str, overrides: list[str], ou
         cmd += ["--out", out]
     if resume:
         cmd += ["--resume"]
+    if force:
+        cmd += ["--force"]
     return cmd
 
 
 def launch_profile(profile: Profile, profile_path: str, overrides: list[str], out: str | None = None,
-                   resume: bool = False) -> int:
-    """Runs `accelerate launch` for an already validated profile; returns its exit code."""
-    cmd = launch_command(profile, profile_path, overrides, out=out, resume=resume)
+                   resume: bool = False, force: bool = False) -> int:
+    """Runs `accelerate launch` for an already validated profile; returns its exit code.
+
+    `force`: the launching process has already checked (or skipped) the memory check; the workers skip it.
+    """
+    cmd = launch_command(profile, profile_path, overrides, out=out, resume=resume, force=force)
     print("launching:", shlex.join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -6,15 +6,15 @@ or by their defaults with `--demo`; the answers fill the same ProfileDraft the T
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from engine.errors import ProfileError
+from engine.train.run_state import event_line  # noqa: F401  (re-exported: the engine's one event rendering)
+from engine.train.watch import watch_plain  # noqa: F401  (re-exported: the engine's line-per-event follower)
 from wizard.draft import FAMILY_CHOICES, PRECISIONS, ProfileDraft, suggest_profile_path
-from wizard.run.state import RunState, format_bytes, format_duration
 
 
 @dataclass
@@ -168,63 +168,3 @@ def run_plain(draft: ProfileDraft, answer: Callable[[PlainQuestion], Any], profi
     save_profile(profile, save_path, header=draft.profile_header(save_path))
     return save_path
 
-
-# ---------------------------------------------------------------------- events as lines
-def event_line(event: dict[str, Any], state: RunState) -> str | None:
-    """One printable line for an event (None for events not worth a line)."""
-    kind = event.get("type")
-    if kind == "start":
-        params = event.get("params") or {}
-        return (f"start {event.get('name')} ({event.get('family')}/{event.get('task')}) on {event.get('device')}: "
-                f"{event.get('total_steps')} steps, effective batch {event.get('effective_batch')}, "
-                f"trainable {params.get('trainable', 0):,} of {params.get('total', 0):,}")
-    if kind == "step":
-        return (f"step {state.step}/{state.total_steps or '?'} loss {state.loss:.4g} lr {state.lr or 0:.2e} "
-                f"{state.samples_per_s or 0:.2f} samples/s mem {format_bytes(state.memory_bytes)} "
-                f"ETA {format_duration(state.eta_seconds)}") if state.loss is not None else f"step {state.step}"
-    if kind == "eval":
-        metrics = event.get("metrics") or {}
-        primary = event.get("primary")
-        return f"eval step {event.get('step')}: {primary} {metrics.get(primary)} (best {event.get('best')})"
-    if kind == "checkpoint":
-        return f"checkpoint step {event.get('step')} ({event.get('reason')}): {event.get('path')}"
-    if kind in ("warning", "info", "error"):
-        return f"{kind}: {event.get('message')}"
-    if kind == "oom":
-        return f"oom at step {event.get('step')}: micro-batch now {event.get('micro_batch')}"
-    if kind == "end":
-        return f"end: {event.get('status')} at step {event.get('step')}" + (
-            f", adapter {event['adapter']}" if event.get("adapter") else "")
-    return None
-
-
-def watch_plain(run_dir: Path, out: TextIO, follow_run: bool = True, poll_seconds: float = 0.5,
-                returncode: Callable[[], int | None] | None = None) -> RunState:
-    """Prints the run's events as lines until its end event (or at once when `follow_run` is False)."""
-    from engine.train.events import EventTail
-    from wizard.run.launcher import pid_alive
-
-    tail = EventTail(run_dir / "events.jsonl")
-    state = RunState()
-    while True:
-        events = tail.poll()
-        for event in events:
-            state.apply([event])
-            line = event_line(event, state)
-            if line:
-                print(line, file=out, flush=True)
-        if state.finished or not follow_run:
-            return state
-        code = returncode() if returncode is not None else None
-        pid = state.start.get("pid")
-        if code is not None or (returncode is None and pid and not pid_alive(pid)):
-            for event in tail.poll():
-                state.apply([event])
-                line = event_line(event, state)
-                if line:
-                    print(line, file=out, flush=True)
-            if not state.finished:
-                print("the training process ended without an end event; see train.log in the run directory",
-                      file=out, flush=True)
-            return state
-        time.sleep(poll_seconds)

@@ -30,9 +30,15 @@ IGNORED_KEYS = frozenset({
     "train.loss_spike_factor",
     "train.batch_size",
     "train.grad_accum",
+    "train.gradient_checkpointing",
 })
-"""Dotted keys that change neither the samples nor the optimisation. (`train.batch_size` and `train.grad_accum`
-split the effective batch: a resume keeps the checkpoint's split and effective batch, see the trainer.)"""
+"""Dotted keys that change neither the samples nor the optimisation.
+
+`train.batch_size` and `train.grad_accum` only split the effective batch, which is recorded instead
+(`train.effective_batch`, with the process count): a resume at another split with the same effective batch
+keeps every step's samples (`engine.train.batching`), as OOM recovery does. Gradient checkpointing
+recomputes the same activations (its RNG state is preserved), so it can be switched on to resume a run that
+ran out of memory."""
 
 _SECTIONS = ("model", "lora", "data", "train")
 
@@ -41,12 +47,14 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_identity(recipe: Recipe, model: nn.Module, dataset: Any = None) -> dict[str, Any]:
+def run_identity(recipe: Recipe, model: nn.Module, dataset: Any = None, num_processes: int = 1) -> dict[str, Any]:
     """Everything a checkpoint must share with the run that resumes it, as nested plain data."""
     data = recipe.profile.to_yaml_dict()
     identity: dict[str, Any] = {"family": recipe.family.name}
     for section in _SECTIONS:
         identity[section] = {k: v for k, v in data[section].items() if f"{section}.{k}" not in IGNORED_KEYS}
+    train = recipe.profile.train
+    identity["train"]["effective_batch"] = train.batch_size * train.grad_accum * num_processes
     if dataset is not None:
         identity["data"]["size"] = len(dataset)
     identity["architecture"] = base_fingerprint(model)

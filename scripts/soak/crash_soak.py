@@ -44,7 +44,8 @@ if str(REPO) not in sys.path:
 
 from engine.train.events import read_events  # noqa: E402
 
-_STEP = re.compile(r"^step-(\d+)$")
+_STEP = re.compile(r"^step-(\d+)(?:\.(\d+))?$")
+"""`step-N`, or `step-N.G` for the G-th re-save of step N (a SAVE request, then the stop at the same step)."""
 
 
 def toy_profile(run_dir: Path, max_steps: int = 40) -> dict[str, Any]:
@@ -82,6 +83,8 @@ class KillRecord:
     partial_tmp_folders: int
     """`.tmp-*` folders the kill left: it landed inside a checkpoint write or a prune."""
     exit_code: int | None = None
+    term_first: bool = False
+    """SIGTERM was sent first (the run was stopping when the SIGKILL came)."""
     resumed_from: str | None = None
     """What the killed process itself resumed from (its `start` event), when it got that far."""
 
@@ -96,6 +99,8 @@ class SoakResult:
     verified_resumes: int = 0
     """Runs whose `start` event shows they resumed from exactly the newest complete checkpoint."""
     kills_inside_checkpoint_write: int = 0
+    term_then_kill: int = 0
+    """Kills preceded by a SIGTERM (stop, then kill)."""
     kills_inside_prune: int = 0
     """Kills that left a `.tmp-prune-*` folder: they landed while an old checkpoint was being deleted."""
     torn_event_lines: int = 0
@@ -170,9 +175,9 @@ class _Run:
                 os._exit(code)
         self.pid = pid
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, sig)
 
     def poll(self) -> int | None:
         """The exit code once the process has ended, else None (negative: killed by that signal)."""
@@ -239,10 +244,15 @@ def check_checkpoint_folder(folder: Path) -> list[str]:
     return problems
 
 
-def _step_folders(root: Path) -> list[tuple[int, Path]]:
+def _key(name: str) -> tuple[int, int] | None:
+    m = _STEP.match(name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def _step_folders(root: Path) -> list[tuple[tuple[int, int], Path]]:
     if not root.is_dir():
         return []
-    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)))
+    return sorted((key, p) for p in root.iterdir() if (key := _key(p.name)))
 
 
 def check_checkpoint_folders(root: Path) -> list[str]:
@@ -251,9 +261,25 @@ def check_checkpoint_folders(root: Path) -> list[str]:
 
 
 def newest_complete(root: Path) -> str | None:
-    """The newest `step-N` folder name by this script's own completeness check, or None."""
-    complete = [folder.name for _, folder in _step_folders(root) if not check_checkpoint_folder(folder)]
-    return complete[-1] if complete else None
+    """The checkpoint a `--resume` must continue from, by this script's own completeness check: the newest
+    complete `step-N[.G]`, or a newer complete one a killed process had not finished renaming into place
+    (`.tmp-step-N`, written whole) or was deleting with nothing newer to replace it (`.tmp-prune-`/`.tmp-old-`),
+    which the engine recovers (the promise: the newest step that was ever complete is never lost)."""
+    complete = [(key, folder.name) for key, folder in _step_folders(root) if not check_checkpoint_folder(folder)]
+    names = {name for _, name in complete}
+    newest = max(complete)[0] if complete else None
+    if root.is_dir():
+        for p in root.iterdir():
+            rest = p.name.removeprefix(".tmp-")
+            if rest == p.name or check_checkpoint_folder(p):
+                continue
+            target = rest.split("-", 1)[1] if rest.startswith(("prune-", "old-")) else rest
+            key = _key(target)
+            if key is None or target in names:
+                continue
+            if rest == target or newest is None or key > newest:  # a write in progress, or the newest one
+                complete.append((key, target))
+    return max(complete)[1] if complete else None
 
 
 def torn_lines(path: Path) -> int:
@@ -292,6 +318,7 @@ def run_soak(
     max_steps: int | None = None,
     mode: str = "exec",
     timeout_s: float = 900.0,
+    term_fraction: float = 0.3,
 ) -> SoakResult:
     """Runs the soak in `work` (emptied first) and returns what happened; see the module docstring.
 
@@ -299,6 +326,8 @@ def run_soak(
         mode: "exec" starts every run as `python -m engine train`; "fork" forks it from this process
             (see _Run). Kills are timed from the moment the run's `start` event appears, uniformly over
             the reference run's training time; one kill in five lands in start-up instead.
+        term_fraction: share of the kills that send SIGTERM first and SIGKILL 0-0.3 s later (a batch
+            system's stop then kill): the kill lands in the stop's checkpoint or partial adapter write.
     """
     work = Path(work)
     shutil.rmtree(work, ignore_errors=True)
@@ -340,11 +369,16 @@ def run_soak(
             while run.poll() is None and _count_starts(events_path) == starts_before:
                 time.sleep(0.005)
         time.sleep(delay)
+        term_first = rng.random() < term_fraction
+        if term_first:
+            run.kill(signal.SIGTERM)
+            time.sleep(rng.uniform(0.0, 0.3))
         run.kill()
         code = run.wait(timeout_s)
         record = KillRecord(pid=run.pid, delay_s=round(delay, 3), in_startup=in_startup, newest_before_resume=None,
-                            partial_tmp_folders=0, exit_code=code)
-        if code not in (-signal.SIGKILL, 0):
+                            partial_tmp_folders=0, exit_code=code, term_first=term_first)
+        result.term_then_kill += term_first
+        if code not in (-signal.SIGKILL, 0, 3, -signal.SIGTERM):  # 3: it finished stopping before the SIGKILL
             log = (work / f"kill-{i + 1}.log").read_text()
             result.problems.append(f"run before kill {i + 1} failed (exit {code}): {log[-2000:]}")
         tmp = [p.name for p in ckpt_root.iterdir() if p.name.startswith(".tmp-")] if ckpt_root.is_dir() else []
@@ -412,16 +446,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-5)
     parser.add_argument("--mode", choices=["exec", "fork"], default="exec",
                         help="exec: every run is a fresh `python -m engine train`; fork: forked from this process")
+    parser.add_argument("--term-fraction", type=float, default=0.3,
+                        help="share of kills preceded by SIGTERM (stop, then kill 0-0.3 s later)")
     parser.add_argument("--work", default="/tmp/lora3d-soak")
     parser.add_argument("--json", help="write the result as JSON here")
     args = parser.parse_args(argv)
-    result = run_soak(Path(args.work), args.kills, args.seed, args.family, args.atol, args.max_steps, args.mode)
+    result = run_soak(Path(args.work), args.kills, args.seed, args.family, args.atol, args.max_steps, args.mode,
+                      term_fraction=args.term_fraction)
     text = json.dumps(result.to_dict(), indent=1)
     if args.json:
         Path(args.json).write_text(text)
     print(text)
     print(
-        f"{'OK' if result.ok else 'FAILED'}: {len(result.kills)} kills, {result.resumes} resumes, "
+        f"{'OK' if result.ok else 'FAILED'}: {len(result.kills)} kills ({result.term_then_kill} after a SIGTERM), "
+        f"{result.resumes} resumes, "
         f"{result.verified_resumes} verified newest-checkpoint resumes, "
         f"{result.kills_inside_checkpoint_write} inside a checkpoint write, {result.kills_inside_prune} inside a prune, {result.torn_event_lines} torn event "
         f"lines, max adapter difference {result.max_weight_diff:.3g}"

@@ -204,7 +204,9 @@ def test_oom_at_micro_batch_one_lists_levers(tmp_path):
         Trainer(_profile(tmp_path, train={"batch_size": 1}), hooks=TrainerHooks(before_micro_batch=always_oom)).run()
 
 
-def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path, write_profile):
+def test_sigterm_saves_checkpoint_and_partial_adapter_and_exits_3(tmp_path, write_profile):
+    """SIGTERM: checkpoint, the last step's adapter marked partial, exit 3 so a batch system sees the job unfinished
+    (issue 14 item 9; this test asserted exit 0 before)."""
     data = toy_profile_dict(tmp_path, train={"max_steps": 100000, "checkpoint_every": None},
                             data={"num_train": 4000})
     path = write_profile(data)
@@ -219,9 +221,11 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path, write_profile):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 3, err
     events = read_events(events_path)
-    assert events[-1]["type"] == "end" and events[-1]["status"] == "stopped"
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "stopped" and events[-1]["partial"] is True
+    meta = json.loads((tmp_path / "run" / "adapter" / "lora3d_metadata.json").read_text())
+    assert meta["user"]["partial"] is True and meta["user"]["step"] == events[-1]["step"]
     stop_ckpt = [e for e in events if e["type"] == "checkpoint"]
     assert stop_ckpt and "SIGTERM" in stop_ckpt[-1]["reason"]
     assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == f"step-{events[-1]['step']}"
@@ -270,3 +274,17 @@ def test_loader_workers_give_the_same_run(tmp_path):
                              data={"num_workers": 2}))
     assert workers.losses == pytest.approx(inline.losses, abs=1e-7)  # 10 steps cross an epoch boundary
     _assert_same_weights(_lora_weights(tmp_path / "inline"), _lora_weights(tmp_path / "workers"))
+
+
+def test_run_a_few_steps_then_resume_and_the_eval_hook(tmp_path):
+    """`run(steps=N)` stops after N steps of this call (as STOP does); `after_eval` sees every evaluation."""
+    evals = []
+    hooks = TrainerHooks(after_eval=lambda trainer, metrics: evals.append((trainer.state.step, sorted(metrics))))
+    first = Trainer(_profile(tmp_path, train={"eval_every": 2}), hooks=hooks, install_signal_handlers=False).run(steps=3)
+    assert first.status == "stopped" and first.step == 3 and evals == [(2, ["val_loss"])]
+    second = Trainer(_profile(tmp_path, train={"eval_every": 2}), resume=True, hooks=hooks,
+                     install_signal_handlers=False).run(steps=2)
+    assert second.status == "stopped" and second.step == 5
+    last = Trainer(_profile(tmp_path, train={"eval_every": 2}), resume=True, hooks=hooks,
+                   install_signal_handlers=False).run()
+    assert last.status == "completed" and last.step == 6 and [s for s, _ in evals] == [2, 4, 6]

@@ -1,8 +1,11 @@
-"""A full disk during a checkpoint or adapter write: clear message, exit 2, earlier checkpoints intact."""
+"""Promise: a full disk or a read-only folder gives one clear message and exit 2, leaves nothing partial, keeps
+the newest complete checkpoint intact, and `--resume` continues once it is fixed. Tested on a real small
+filesystem (a tmpfs mounted in a user namespace) where this machine allows one, and by injection."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -180,3 +183,138 @@ def test_enospc_in_events_log_exits_2_without_traceback(tmp_path, monkeypatch, c
     assert code == 2 and "Traceback" not in err
     assert "events.jsonl" in err and "No space left on device" in err
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-2"]
+
+
+# ---------------------------------------------------------------------- safetensors, messages, read-only
+def _safetensor_full():
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_safetensors_full_disk_in_checkpoint_is_exit_2(tmp_path, monkeypatch, capsys):
+    """safetensors reports a full disk as SafetensorError, not OSError (issue 14 item 1)."""
+    profile = _write(tmp_path)
+    real = ckpt_mod.save_file
+
+    def full(tensors, filename, *args, **kwargs):
+        if ".tmp-step-4" in filename:
+            raise _safetensor_full()
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", full)
+    code, err = _cli(["train", str(profile), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err and "No space left on device" in err
+    assert "previous checkpoint is intact (step-2)" in err
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2"]
+    monkeypatch.setattr(ckpt_mod, "save_file", real)
+    assert _cli(["train", str(profile), "--quiet", "--resume"], capsys)[0] == 0
+
+
+def test_safetensors_full_disk_in_adapter_is_exit_2(tmp_path, monkeypatch, capsys):
+    profile = _write(tmp_path, train={"checkpoint_every": None, "eval_every": None})
+    real = ToyFamily.save_adapter
+
+    def full(self, model, folder, metadata):
+        (folder / "half").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "half").write_bytes(b"partial")
+        raise _safetensor_full()
+
+    monkeypatch.setattr(ToyFamily, "save_adapter", full)
+    code, err = _cli(["train", str(profile), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "adapter could not be written (No space left on device)" in err and "--resume" in err
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists() and not list(run.glob(".adapter*"))
+    monkeypatch.setattr(ToyFamily, "save_adapter", real)
+    assert _cli(["train", str(profile), "--quiet", "--resume"], capsys)[0] == 0
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_full_disk_before_any_checkpoint_does_not_suggest_resume(tmp_path, monkeypatch, capsys):
+    """A nearly full disk at start: the advice is to rerun, not `--resume` (there is nothing to resume)."""
+    def full(data, path, header=None):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("engine.train.run_dir.save_profile_data", full)
+    code, err = _cli(["train", str(_write(tmp_path)), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err and "profile.resolved.yaml" in err
+    assert "then rerun the same command" in err and "continue with --resume" not in err
+
+
+def test_a_vanished_file_is_not_called_a_full_disk(tmp_path, monkeypatch, capsys):
+    """What two trainers in one folder used to produce: ENOENT mid-save was reported as 'Free disk space'."""
+    real = ckpt_mod._save_tensors
+
+    def gone(tensors, path):
+        if path.parent.name == ".tmp-step-4":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        real(tensors, path)
+
+    monkeypatch.setattr(ckpt_mod, "_save_tensors", gone)
+    code, err = _cli(["train", str(_write(tmp_path)), "--quiet"], capsys)
+    assert code == 2 and "vanished during the write" in err and "Free disk space" not in err
+
+
+def test_read_only_run_directory_by_injection(tmp_path, monkeypatch, capsys):
+    """Where no read-only mount is possible: EROFS from the first write of a new run and of a resume."""
+    profile = _write(tmp_path)
+    import engine.train.run_dir as run_dir_mod
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(tmp_path / "run"))
+
+    monkeypatch.setattr(run_dir_mod.RunLock, "acquire", read_only)
+    for args in (["train", str(profile), "--quiet"], ["train", str(profile), "--quiet", "--resume"]):
+        code, err = _cli(args, capsys)
+        assert code == 2 and "Traceback" not in err and "read-only file system" in err and "--out NEW_DIR" in err
+
+
+def _small_fs_report(tmp_path) -> dict:
+    reason = _can_mount_tmpfs(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    data = toy_profile_dict(tmp_path, train={"max_steps": 40, "checkpoint_every": 1, "keep_last": 1000})
+    profile_json = tmp_path / "profile.json"
+    profile_json.write_text(json.dumps(data))
+    report = tmp_path / "report.json"
+    env = dict(os.environ, LORA3D_PLUGINS="tests.toy_family", PYTHONPATH=str(REPO))
+    script = (f"mount -t tmpfs -o size=256k tmpfs {mount} && "
+              f"{sys.executable} -m tests.reliability.small_fs_driver {mount} {profile_json} {report}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
+def test_real_small_filesystem_full_then_freed_then_read_only(tmp_path, capsys):
+    """A real 256 KB tmpfs: it fills part-way through a run (exit 2, the newest complete checkpoint intact and
+    unchanged, nothing partial left); with space freed `--resume` ends with an uninterrupted run's adapter;
+    remounted read-only, a new run, a resume and a merge each exit 2 with the reason and change nothing."""
+    report = _small_fs_report(tmp_path)
+    full = report["full"]
+    assert full["code"] == 2 and full["err"].count("error:") == 1, full
+    assert "No space left on device" in full["err"] and "Traceback" not in full["err"]
+    state = report["full_state"]
+    assert state["complete"] and state["newest_manifest_ok"], state
+    assert state["folders"] == state["complete"]  # no .tmp-* and no half step folder
+    assert state["hidden"] == []  # no adapter staging left
+    assert report["after_free_digest"] == state["newest_digest"]
+    assert report["resume"]["code"] == 0, report["resume"]
+    assert report["resume_state"]["last_event"]["status"] == "completed"
+    straight = _write(tmp_path, "straight", train={"max_steps": 40, "checkpoint_every": 1, "keep_last": 1000})
+    assert _cli(["train", str(straight), "--quiet"], capsys)[0] == 0
+    reference = (tmp_path / "straight" / "adapter" / "adapter_model.safetensors").read_bytes().hex()
+    from safetensors.torch import load as load_bytes
+
+    a, b = load_bytes(bytes.fromhex(report["adapter"])), load_bytes(bytes.fromhex(reference))
+    assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) <= 1e-6 for k in a)
+    for key in ("ro_new_run", "ro_new_nested", "ro_resume", "ro_merge"):
+        outcome = report[key]
+        assert outcome["code"] == 2 and "read-only file system" in outcome["err"], (key, outcome)
+        assert outcome["err"].count("error:") == 1 and "Traceback" not in outcome["err"], (key, outcome)
+    assert "--out NEW_DIR" in report["ro_new_run"]["err"] and "merged.safetensors" in report["ro_merge"]["err"]
+    assert report["ro_digest_after"] == report["ro_digest_before"]
