@@ -15,6 +15,7 @@ reader of a user's file in lora3d goes through these checks first:
 from __future__ import annotations
 
 import math
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
+def _read_npy_header(handle: IO[bytes], where: str, allow_objects: bool = False) -> NpyHeader:
     """The header at the start of `handle` (a file or a zip member)."""
     try:
         version = np.lib.format.read_magic(handle)
@@ -95,7 +96,7 @@ def _read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
             f"{where}: cannot read the .npy file (truncated, corrupt or not a .npy), got {str(err)!r}. "
             "Re-export it with numpy.save from a plain numeric array."
         ) from None
-    if dtype.hasobject:
+    if dtype.hasobject and not allow_objects:
         raise DataError(
             f"{where}: cannot read the .npy file: it holds pickled objects (dtype {str(dtype)!r}), which lora3d "
             "never unpickles. Re-export it with numpy.save from a plain numeric array."
@@ -103,8 +104,13 @@ def _read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
     return NpyHeader(tuple(int(d) for d in shape), dtype, handle.tell())
 
 
-def read_npy_header(path: Path) -> NpyHeader:
+def read_npy_header(path: Path, allow_objects: bool = False) -> NpyHeader:
     """The header of a `.npy` file whose declared array fits in the file.
+
+    Args:
+        path: the file.
+        allow_objects: accept a pickled-object array (its size is then not checked: the caller has opted in
+            to unpickling a trusted file).
 
     Raises:
         DataNotFoundError: the file is missing.
@@ -113,9 +119,9 @@ def read_npy_header(path: Path) -> NpyHeader:
     """
     size = regular_file_size(path, ".npy file", "Write it or remove the scene folder.")
     with path.open("rb") as handle:
-        header = _read_npy_header(handle, str(path))
+        header = _read_npy_header(handle, str(path), allow_objects)
     have = size - header.data_offset
-    if header.nbytes > have:
+    if header.nbytes > have and not header.dtype.hasobject:
         raise DataError(
             f"{path}: cannot read the .npy file: it is truncated, the header declares a {header.shape} "
             f"{header.dtype} array of {header.nbytes:,} bytes, got {max(have, 0):,} bytes of data. Re-export it "
@@ -157,7 +163,10 @@ def check_npz_members(path: Path, max_member_bytes: int) -> None:
                 if not info.filename.endswith(".npy"):
                     continue
                 with archive.open(info) as member:
-                    header = _read_npy_header(member, f"{path}:{info.filename}")
+                    # Object arrays: numpy.load refuses them without allow_pickle, with its own message.
+                    header = _read_npy_header(member, f"{path}:{info.filename}", allow_objects=True)
+                if header.dtype.hasobject:
+                    continue
                 if header.nbytes > max_member_bytes or header.nbytes > info.file_size:
                     raise DataError(
                         f"{path}: array `{info.filename[:-4]}` declares {header.shape} {header.dtype} "
@@ -266,6 +275,43 @@ def _count_lines(path: Path, offset: int) -> int:
         return sum(1 for line in handle if line.strip())
 
 
+def image_size_problem(image: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why an opened (not yet decoded) image is too large to read, or None."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return None
+    return (f"is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} pixels lora3d reads. "
+            "Resize it (MIDI works at 512x512)")
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header declares more pixels than lora3d reads; the message is the reason alone."""
+
+
+def open_lazily(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """`Image.open` (which reads the header only), refusing an image of more than `max_pixels` pixels.
+
+    Raises:
+        ImageTooLargeError: the reason, without the path (callers word where it happened).
+        UnidentifiedImageError, OSError: as `Image.open`.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 megapixels and refuses above 179; the lower limit here applies first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found[1]):,} pixels" if found else "a size Pillow refuses"
+        raise ImageTooLargeError(f"is {size}, more than the {max_pixels:,} pixels lora3d reads. Resize it (MIDI "
+                                 "works at 512x512)") from None
+    problem = image_size_problem(image, max_pixels)
+    if problem:
+        image.close()
+        raise ImageTooLargeError(problem)
+    return image
+
+
 def open_image(path: Path, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """An image, decoded only after its header shows at most `max_pixels` pixels.
 
@@ -280,21 +326,10 @@ def open_image(path: Path, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
     """
     regular_file_size(path, what, "Pass an existing PNG or JPEG file.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
-            image = Image.open(path)
-        width, height = image.size
-        if width * height > max_pixels:
-            image.close()
-            raise DataError(
-                f"{path}: {what} is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
-                "pixels lora3d reads. Resize it (MIDI works at 512x512)."
-            )
+        image = open_lazily(path, max_pixels)
         image.load()
-    except Image.DecompressionBombError as exc:
-        raise DataError(
-            f"{path}: {what} declares more than {max_pixels:,} pixels, got {exc}. Resize it (MIDI works at 512x512)."
-        ) from None
+    except ImageTooLargeError as exc:
+        raise DataError(f"{path}: {what} {exc}.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"{path}: {what} could not be read as an image, got {type(exc).__name__}: {exc}. Save it as PNG."
