@@ -38,13 +38,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: Path, name: str) -> list[Path]:
-    """Removes the temporary siblings of `folder/name` that killed processes left; returns what was removed.
+def clean_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Removes the temporaries in `folder` that killed processes left; returns what was removed.
+
+    Args:
+        folder: where the destinations lie.
+        name: the destination whose temporaries to remove; None: any destination's.
 
     Only names written by this module's helpers whose process no longer runs on this host are removed; a
     write in progress (this or another process) is left alone.
     """
-    pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^/]+\.(?:tmp|old)")
+    target = re.escape(name) if name is not None else r".+"
+    pattern = re.compile(rf"\.{target}\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^/.]+\.(?:tmp|old)")
     removed = []
     try:
         entries = list(Path(folder).iterdir())
