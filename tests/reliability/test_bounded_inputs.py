@@ -438,3 +438,35 @@ def test_adapter_config_rank_2_24_is_refused_before_injection(tmp_path):
     assert str(folder / "adapter_config.json") in message and "16777216" in message and "rank 4" in message
     assert not any("lora_" in k for k in base.state_dict())  # nothing was injected
     assert folder_digest(folder) == before
+
+
+# ---------------------------------------------------------------- destinations
+
+
+def test_import_3dgs_onto_a_file_is_refused_and_the_file_kept(tmp_path, capsys):
+    dest = tmp_path / "afile"
+    dest.write_text("precious")
+    code, err = run_cli(["import-3dgs", str(write_3dgs_ply(tmp_path / "s.ply")), str(dest)], capsys)
+    assert_one_message(code, err, (str(dest), "is a file, not a scene folder"))
+    assert dest.read_text() == "precious"
+
+
+def test_import_3dgs_overwrite_flag_exists_and_replaces_atomically(tmp_path, capsys):
+    dest = write_scene(tmp_path / "scene", n=8)
+    code, err = run_cli(["import-3dgs", str(write_3dgs_ply(tmp_path / "s.ply", n=16)), str(dest)], capsys)
+    assert_one_message(code, err, (str(dest), "already exists", "`--overwrite`"))
+    code, err = run_cli(["import-3dgs", str(tmp_path / "s.ply"), str(dest), "--overwrite"], capsys)
+    assert code == 0, err
+    assert len(load_scene(dest)["coord"]) == 16
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_infer_output_naming_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "result.glb"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("x")
+    argv = ["infer", "--pretrained", str(tmp_path / "none"), "--rgb_image", str(tmp_path / "none.png"),
+            "--seg_image", str(tmp_path / "none.png"), "--output", str(folder)]
+    code, err = run_cli(argv, capsys)
+    assert_one_message(code, err, (str(folder), "`--output` names a folder"))
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
