@@ -248,7 +248,7 @@ def read_ply_header(path: Path) -> PlyHeader:
     if need > have:
         counts = ", ".join(f"{e.count} {_PLURALS.get(e.name, e.name + ' rows')}" for e in parsed)
         raise DataError(
-            f"{path}: header declares {counts}, needing at least {need:,} bytes, got a {size:,}-byte file "
+            f"{path}: cannot parse the PLY file: its header declares {counts}, needing at least {need:,} bytes, got a {size:,}-byte file "
             f"({max(have, 0):,} bytes of data). The file is truncated or its header is wrong; export or copy it again."
         )
     declared_rows = sum(e.count for e in parsed)
@@ -324,6 +324,8 @@ def open_image(path: Path, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
         DataNotFoundError: the file is missing.
         DataError: not a regular file, unreadable, or larger than the limit (a "decompression bomb").
     """
+    if not path.exists():
+        raise DataNotFoundError(f"{path}: {what} not found, got {str(path)!r}. Pass an existing PNG or JPEG file.")
     regular_file_size(path, what, "Pass an existing PNG or JPEG file.")
     try:
         image = open_lazily(path, max_pixels)
