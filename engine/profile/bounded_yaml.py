@@ -26,6 +26,8 @@ MAX_DEPTH = 32
 """Deepest nesting of lists and mappings (a profile needs four or five levels)."""
 MIN_EXPANDED_SIZE = 10_000
 """Aliases may grow a profile to twice its written size, or to this many characters if that is more."""
+MAX_VALUES = 20_000
+"""Most values (scalars, lists, mappings) a profile may write (a shipped one has about 100)."""
 MAX_INT_DIGITS = 100
 """Longest integer literal read (no profile key needs more; Python refuses beyond 4,300 digits anyway)."""
 
@@ -84,12 +86,19 @@ def check_events(text: str, source: str) -> None:
     anchors: dict[str, tuple[int, bool]] = {}  # name -> (expanded size, is a scalar)
     open_anchors: set[str] = set()
     stack: list[_Frame] = []
-    written = expanded = 0
+    written = expanded = values = 0
     biggest: tuple[int, str, str, int] | None = None  # (size, alias, key path, line) of the largest alias
     try:
         events = yaml.parse(text, Loader=_Parser)
         for event in events:
             line = event.start_mark.line + 1 if event.start_mark else 0
+            if isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.AliasEvent)):
+                values += 1
+                if values > MAX_VALUES:
+                    raise ProfileError(
+                        f"{source}: the profile holds more than {MAX_VALUES:,} values ({_where(stack)} at line "
+                        f"{line}). A profile needs a few hundred; keep data (class lists, tables) in files it names."
+                    )
             parent = stack[-1] if stack else None
             at_key = parent is not None and parent.is_map and parent.expect_key
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):

@@ -470,3 +470,10 @@ def test_infer_output_naming_a_folder_is_refused_before_any_work(tmp_path, capsy
     code, err = run_cli(argv, capsys)
     assert_one_message(code, err, (str(folder), "`--output` names a folder"))
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+def test_a_profile_of_too_many_values_is_refused(tmp_path, capsys):
+    from engine.profile.bounded_yaml import MAX_VALUES
+
+    text = _toy_text(tmp_path) + "hardware:\n  measured:\n    table: [" + ", ".join(["1"] * MAX_VALUES) + "]\n"
+    _train_refused(tmp_path, capsys, text, (f"more than {MAX_VALUES:,} values", "hardware.measured.table"))
