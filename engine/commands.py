@@ -10,13 +10,16 @@ import argparse
 import datetime
 import importlib
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from safetensors import SafetensorError
 
+from engine.atomic import clean_stale_temporaries
 from engine.errors import CheckpointError
 from engine.families.recipe import load_recipe
 from engine.families.registry import family_entries
@@ -52,14 +55,67 @@ def run_recipe(run_dir: Path):
     return load_recipe(resolved)
 
 
+RUN_OUTPUTS = ("adapter", "adapter-best", "checkpoints")
+"""The folders of a run directory `lora3d merge` never writes into (nor replaces)."""
+
+
+def check_merge_output(run_dir: Path, out: Path) -> None:
+    """Refuses a `--out` that would overwrite what the merge reads or what the run keeps.
+
+    Refused: a path inside (or equal to) the run's `adapter/`, `adapter-best/` or `checkpoints/`; the run
+    directory or any folder holding it (a folder output replaces the folder); an existing path that is not a
+    regular file or folder (a device such as /dev/full, a pipe).
+
+    Raises:
+        CheckpointError: naming `--out` and what it would overwrite.
+    """
+    target = out.resolve()
+    run = run_dir.resolve()
+    for name in RUN_OUTPUTS:
+        protected = run / name
+        if target == protected or protected in target.parents:
+            raise CheckpointError(
+                f"{out}: `--out` lies in the run's {name}/ folder, which the merge reads or the run keeps, got "
+                f"{target}. Write the merged checkpoint elsewhere, e.g. `--out {run_dir / 'merged'}`."
+            )
+    if target == run or target in run.parents:
+        raise CheckpointError(
+            f"{out}: `--out` is the run directory or a folder holding it, got {target}; a folder output would "
+            f"replace it. Name a new file or folder, e.g. `--out {run_dir / 'merged'}`."
+        )
+    if out.exists():
+        mode = out.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise CheckpointError(
+                f"{out}: `--out` is not a regular file or folder, got {stat.filemode(mode)} (a device or pipe). "
+                "Name a file (.pth, .safetensors) or a folder."
+            )
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     recipe = run_recipe(run_dir)
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
         raise CheckpointError(f"{run_dir}: has no adapter/ yet (the run has not completed). Finish it with --resume first.")
-    out = recipe.family.merge_adapter(recipe, adapter, Path(args.out), bare=args.bare)
-    _console().print(f"merged checkpoint written to {out}")
+    out = Path(args.out)
+    check_merge_output(run_dir, out)
+    console = _console()
+    for folder in (out.parent, out) if out.is_dir() else (out.parent,):
+        removed = clean_stale_temporaries(folder, None if folder == out else out.name)
+        for path in removed:
+            console.print(f"note: removed {path}, a temporary file an interrupted merge left")
+    try:
+        written = recipe.family.merge_adapter(recipe, adapter, out, bare=args.bare)
+    except (OSError, SafetensorError) as exc:
+        # safetensors reports a full disk as SafetensorError, not OSError; the atomic writers removed their
+        # temporaries, so nothing partial is left.
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointError(
+            f"{out}: the merged checkpoint cannot be written, got {reason!r}. Check that the folder exists, is "
+            "writable and has free space (a merged base is as large as the base); nothing was written."
+        ) from None
+    console.print(f"merged checkpoint written to {written}")
     return 0
 
 

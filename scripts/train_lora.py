@@ -21,13 +21,18 @@ maps to `data.root`, `output.dir`, `train.batch_size`, `train.epochs` (and `trai
 defaults to `profiles/midi/lora_finetune.yaml`.
 
 Exit codes are the CLI's: 0 done, 1 failed, 2 a profile, data or checkpoint problem (one message).
+Messages name this script's flags: where `lora3d train` would say `--set train.mixed_precision=no` or
+`--out NEW_DIR`, this script says `--mixed_precision no` and `--output_dir NEW_DIR` (`translate_message`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import sys
 from pathlib import Path
+from typing import TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -74,23 +79,98 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FLAG_MAP = (
+    ("data_dir", "data.root"),
+    ("output_dir", "output.dir"),
+    ("batch_size", "train.batch_size"),
+    ("learning_rate", "train.lr"),
+    ("lora_rank", "lora.r"),
+    ("lora_alpha", "lora.alpha"),
+    ("lora_dropout", "lora.dropout"),
+    ("gradient_accumulation_steps", "train.grad_accum"),
+    ("mixed_precision", "train.mixed_precision"),
+    ("seed", "train.seed"),
+    ("num_gpus", "launch.num_processes"),
+    ("num_epochs", "train.epochs"),
+    ("max_steps", "train.max_steps"),
+)
+"""This script's value flags and the profile keys they set."""
+_KEY_TO_FLAG = {key: f"--{attr}" for attr, key in FLAG_MAP}
+_PAIR = r"[A-Za-z_][\w.]*=[^\s`,;)]+"
+_SET_RUN = re.compile(rf"--set((?:\s+{_PAIR})+)")
+_BARE_PAIR = re.compile(rf"`({_PAIR})`")
+_OUT = re.compile(r"--out\b(?![-\w])")
+
+
+def _pair_words(pair: str) -> tuple[str | None, str]:
+    """(`--flag value`, None) for a key this script has a flag for, else (None, `KEY=VALUE`)."""
+    key, _, value = pair.partition("=")
+    if key == "train.gradient_checkpointing" and value.lower() == "true":
+        return "--gradient_checkpointing", ""
+    if key in _KEY_TO_FLAG:
+        return f"{_KEY_TO_FLAG[key]} {value}", ""
+    return None, pair
+
+
+def translate_message(text: str) -> str:
+    """A `lora3d train` message in this script's words: its flags for `--set KEY=VALUE` and `--out`.
+
+    `--set a=1 b=2` becomes `--flag_a 1` for keys with a flag here and `--options b=2` for the rest; a
+    backquoted `KEY=VALUE` with a flag becomes that flag; `--out` becomes `--output_dir`.
+    """
+
+    def set_run(match: re.Match[str]) -> str:
+        flags, options = [], []
+        for pair in match[1].split():
+            flag, rest = _pair_words(pair)
+            (flags if flag else options).append(flag or rest)
+        return " ".join(flags + (["--options " + " ".join(options)] if options else []))
+
+    def bare(match: re.Match[str]) -> str:
+        flag, _ = _pair_words(match[1])
+        return f"`{flag}`" if flag else match[0]
+
+    text = _SET_RUN.sub(set_run, text)
+    text = _BARE_PAIR.sub(bare, text)
+    return _OUT.sub("--output_dir", text)
+
+
+class _Translating(io.TextIOBase):
+    """A text stream that passes each finished line through `translate_message` to the stream it wraps."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write(translate_message(done + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(translate_message(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
+
+
 def build_cli_args(args: argparse.Namespace) -> list[str]:
     """The `lora3d` argument list equivalent to the parsed script arguments."""
     profile = args.config_file or args.config or str(DEFAULT_PROFILE)
     sets = list(args.options)
-    flag_map = (
-        ("data_dir", "data.root"),
-        ("output_dir", "output.dir"),
-        ("batch_size", "train.batch_size"),
-        ("learning_rate", "train.lr"),
-        ("lora_rank", "lora.r"),
-        ("lora_alpha", "lora.alpha"),
-        ("lora_dropout", "lora.dropout"),
-        ("gradient_accumulation_steps", "train.grad_accum"),
-        ("mixed_precision", "train.mixed_precision"),
-        ("seed", "train.seed"),
-        ("num_gpus", "launch.num_processes"),
-    )
+    flag_map = [(attr, key) for attr, key in FLAG_MAP if attr not in ("num_epochs", "max_steps")]
     for attr, key in flag_map:
         value = getattr(args, attr)
         if value is not None:
@@ -121,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the profile once: --config-file (SceneSplat) or --config (MIDI), not both")
     from engine.cli import main as cli_main
 
-    return cli_main(build_cli_args(args))
+    # Every message (errors, warnings, notes) names this script's flags, not `lora3d train`'s.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Translating(out), _Translating(err)
+    try:
+        return cli_main(build_cli_args(args))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = out, err
 
 
 if __name__ == "__main__":

@@ -272,11 +272,13 @@ def load_lora_checkpoint(
     if file.is_lora3d:
         check_base(model, file.meta, path, base_name)
     tensors = file.tensors if (file.config is not None or file.is_lora3d) else set_aside_non_lora(file, path)
+    check_finite(tensors, path)
     tensors, mapped = align_to_model(tensors, model, path)
     if mapped:
         file.notes.append(mapped)
     config = resolve_config(file, tensors, path, lora_alpha)
     check_recorded_targets(file, list(config.target_modules), path)
+    check_config_ranks(config, tensors, path)
     injected_here = False
     if adapter_name not in list_adapters(model):
         _inject(model, config, file, adapter_name, path)
@@ -291,6 +293,42 @@ def load_lora_checkpoint(
     if file.notes:
         warnings.warn(f"{path}: read as a {file.layout} adapter: {'; '.join(file.notes)}.", Lora3dWarning, stacklevel=2)
     return model
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every floating-point tensor is free of NaN and infinity (a diverged run's adapter would load silently and
+    poison every output, or a merged base).
+
+    Raises:
+        CheckpointError: naming how many tensors are affected and the first few.
+    """
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(
+            f"{path}: adapter holds NaN or infinite values, got {len(bad)} of {len(tensors)} tensors affected "
+            f"({short_keys(bad, 3)}). The run that wrote it diverged: use an earlier checkpoint or `adapter-best/`, "
+            "or retrain with a lower `train.lr`."
+        )
+
+
+def check_config_ranks(config: LoraConfig, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The config asks for no larger rank than the file's `lora_A` tensors have, checked before injection
+    allocates the layers (a config saying r = 2^24 next to rank-8 tensors would allocate gigabytes first).
+
+    Raises:
+        CheckpointError: naming the config's rank and the tensors' ranks.
+    """
+    ranks = {int(v.shape[0]) for k, v in tensors.items() if k.endswith("lora_A.weight") and v.ndim >= 1}
+    if not ranks:
+        return
+    asked = max([int(config.r), *(int(r) for r in (config.rank_pattern or {}).values())])
+    if asked > max(ranks):
+        where = path / CONFIG_NAME if path.is_dir() and (path / CONFIG_NAME).is_file() else path
+        raise CheckpointError(
+            f"{where}: the adapter config asks for rank {asked}, but its `lora_A` tensors have rank "
+            f"{', '.join(map(str, sorted(ranks)))}. Fix `r` (and `rank_pattern`) in the config to the tensors' "
+            "rank, or re-save the adapter."
+        )
 
 
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, path: Path) -> None:

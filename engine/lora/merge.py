@@ -6,6 +6,7 @@ import logging
 
 from torch import nn
 
+from engine.errors import CheckpointError
 from engine.lora.inject import TARGETS_ATTR, get_active_adapter, iter_lora_layers
 from engine.lora.prompt import PROMPT_ATTR, get_prompt_bank
 
@@ -28,6 +29,10 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
 
     Returns:
         The same model.
+
+    Raises:
+        CheckpointError: a merged weight is NaN or infinite (PEFT's `safe_merge` checks each layer before
+            changing it); the model is then partly merged and must be rebuilt.
     """
     active = get_active_adapter(model)
     layers = list(iter_lora_layers(model))
@@ -36,7 +41,14 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
         return model
     for name, layer in layers:
         if active in layer.lora_A and not layer.merged:
-            layer.merge(adapter_names=[active])
+            try:
+                layer.merge(safe_merge=True, adapter_names=[active])
+            except ValueError as exc:  # PEFT's safe_merge: the merged weights are not finite
+                raise CheckpointError(
+                    f"{name}: merging adapter {active!r} gives NaN or infinite weights, got {str(exc)[:120]!r}. "
+                    "The adapter or the base is broken (a diverged run, or an fp16 base overflowing): merge "
+                    "another checkpoint, or load base and adapter separately."
+                ) from None
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.get_base_layer())

@@ -14,6 +14,8 @@ import copy
 import difflib
 import functools
 import math
+import reprlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from engine.atomic import atomic_file
 from engine.errors import ProfileError
 from engine.profile import schema
+from engine.profile.bounded_yaml import MAX_PROFILE_BYTES, load_bounded
 
 # Pointcept-style `--options` keys users of the seed's command line type, mapped onto profile keys.
 OPTION_ALIASES = {
@@ -57,10 +60,14 @@ _SECTIONS = {
 }
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value as YAML would read it, plus floats YAML 1.1 misses (`2e-4`)."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A `--set` value as YAML would read it, plus floats YAML 1.1 misses (`2e-4`).
+
+    Text that is not valid YAML stays text; a value over the YAML limits (depth, aliases) is a ProfileError
+    naming `key`.
+    """
     try:
-        value = yaml.safe_load(text)
+        value = load_bounded(text, f"`--set {key}=...`")
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -82,7 +89,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key:
             errors.append(f"override {item!r}: expected KEY=VALUE, e.g. `lora.r=8`.")
             continue
-        pairs.append((OPTION_ALIASES.get(key, key), parse_value(value.strip())))
+        pairs.append((OPTION_ALIASES.get(key, key), parse_value(value.strip(), key)))
     if errors:
         raise ProfileError("\n".join(errors))
     return pairs
@@ -103,39 +110,56 @@ def apply_overrides(data: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+def _read_text(path: Path) -> str:
+    """The profile's text, read only when it is a regular file of sensible size."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: profile not found. Check the path, or list shipped profiles with `ls profiles/`.") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot be read ({exc.strerror or exc}). Check the path and its permissions.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ProfileError(f"{path}: is a folder, not a profile. Pass a .yaml file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ProfileError(
+            f"{path}: is not a regular file (a pipe, socket or device), got {stat.filemode(info.st_mode)}. "
+            "Save the profile as a .yaml file and pass that."
+        )
+    if info.st_size > MAX_PROFILE_BYTES:
+        raise ProfileError(
+            f"{path}: profile is {info.st_size:,} bytes, more than the {MAX_PROFILE_BYTES:,} a profile may have. "
+            "Pass the profile YAML itself (a few kilobytes), not a data file."
+        )
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_PROFILE_BYTES + 1)
+        if len(raw) > MAX_PROFILE_BYTES:  # the file grew since stat
+            raise ProfileError(f"{path}: profile is more than {MAX_PROFILE_BYTES:,} bytes. Pass the profile YAML itself.")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot be read as UTF-8 text ({exc}). Save the profile as a UTF-8 YAML file.") from None
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+
+def _yaml_message(source: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{source}: invalid YAML{where}: {problem}. Fix the syntax (indentation, colons, quotes)."
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The YAML mapping in `path` (safe loader); ProfileError for missing, unreadable or non-mapping files."""
-    if not path.exists():
-        raise ProfileError(f"{path}: profile not found. Check the path, or list shipped profiles with `ls profiles/`.")
-    if path.is_dir():
-        raise ProfileError(f"{path}: is a folder, not a profile. Pass a .yaml file.")
+    """The YAML mapping in `path` (safe, bounded loader: see `engine.profile.bounded_yaml`).
+
+    Raises:
+        ProfileError: a missing, unreadable, oversized or non-mapping file, invalid YAML, or a document over
+            the depth or alias limits (the message names the key).
+    """
+    path = Path(path)
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: cannot be read as UTF-8 text ({exc}). Save the profile as a UTF-8 YAML file.") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_bounded(text, str(path))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError(f"{path}: invalid YAML{where}: {problem}. Fix the syntax (indentation, colons, quotes).") from None
+        raise ProfileError(_yaml_message(str(path), exc)) from None
     if data is None:
         raise ProfileError(f"{path}: the profile is empty. Start from one in `profiles/` (the demos' profiles are `profiles/demo-*.yaml`).")
     if not isinstance(data, dict):
@@ -197,6 +221,16 @@ def did_you_mean(key: str, allowed: list[str]) -> str | None:
     return max(prefixes, key=len) if prefixes else None
 
 
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def short_repr(value: Any) -> str:
+    """A value for a message, cut short: a profile value can be long, and a message must stay one line."""
+    return _REPR.repr(value)
+
+
 def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
@@ -224,6 +258,7 @@ def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str
         "less_than_equal": "Use a smaller value",
         "literal_error": "Use one of the listed values",
         "int_parsing": "Use a whole number",
+        "int_parsing_size": "Use a smaller whole number",
         "int_type": "Use a whole number",
         "int_from_float": "Use a whole number",
         "float_parsing": "Use a number",
@@ -236,7 +271,7 @@ def _format_error(source: str, cls: type[BaseModel], err: dict[str, Any]) -> str
         "string_type": "Use a text value",
         "path_type": "Use a file or folder path",
     }.get(kind, "Fix the value")
-    return f"{source}: `{key}` {msg[0].lower() + msg[1:]}, got {value!r}. {hint}."
+    return f"{source}: `{key}` {msg[0].lower() + msg[1:]}, got {short_repr(value)}. {hint}."
 
 
 def validate_profile(

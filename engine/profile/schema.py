@@ -19,12 +19,17 @@ SCHEMA_VERSION = 1
 
 
 _NUMBER_TYPES = (int, float, int | None, float | None)
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy generators (and many tools a seed is passed on to) take 32-bit seeds."""
+MAX_STEPS = 1_000_000_000
+"""Largest step count or interval (a billion steps is far beyond any run)."""
 
 
 class Section(BaseModel):
     """A profile section: unknown keys are errors, assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # allow_inf_nan: no profile number is meaningful as NaN or infinity.
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -78,25 +83,25 @@ class DataSection(Section):
 
 
 class TrainSection(Section):
-    epochs: int | None = Field(default=1, ge=1, description="Passes over the training set (if no max_steps).")
-    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps; overrides epochs.")
+    epochs: int | None = Field(default=1, ge=1, le=1_000_000, description="Passes over the training set (if no max_steps).")
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Optimizer steps; overrides epochs.")
     batch_size: int = Field(default=2, ge=1, le=4096, description="Samples per micro-batch per process.")
     grad_accum: int = Field(default=1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     lr: float = Field(default=1e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(default=0.01, ge=0, le=1.0)
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps before the schedule.")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Linear warm-up steps before the schedule.")
     scheduler: Literal["cosine", "constant"] = "cosine"
-    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; empty disables.")
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6, description="Gradient clipping; empty disables.")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = Field(default=0, ge=0)
-    eval_every: int | None = Field(default=None, ge=1, description="Steps between evaluations; empty = at the end.")
-    checkpoint_every: int | None = Field(default=None, ge=1, description="Steps between checkpoints; empty = at the end.")
-    keep_last: int = Field(default=3, ge=1, description="Checkpoints kept (older ones are deleted).")
-    log_every: int = Field(default=1, ge=1, description="Steps between step events.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the data order, augmentations and LoRA init.")
+    eval_every: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Steps between evaluations; empty = at the end.")
+    checkpoint_every: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Steps between checkpoints; empty = at the end.")
+    keep_last: int = Field(default=3, ge=1, le=1000, description="Checkpoints kept (older ones are deleted).")
+    log_every: int = Field(default=1, ge=1, le=MAX_STEPS, description="Steps between step events.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     oom_recovery: bool = Field(default=True, description="Halve the micro-batch and double accumulation on OOM.")
-    loss_spike_factor: float = Field(default=10.0, gt=1.0, description="Warn when loss exceeds this x its average.")
+    loss_spike_factor: float = Field(default=10.0, gt=1.0, le=1e6, description="Warn when loss exceeds this x its average.")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -113,7 +118,7 @@ class OutputSection(Section):
 class LaunchSection(Section):
     num_processes: int = Field(default=1, ge=1, le=1024, description="Processes on all machines together.")
     num_machines: int = Field(default=1, ge=1, le=1024)
-    machine_rank: int = Field(default=0, ge=0)
+    machine_rank: int = Field(default=0, ge=0, le=1023)
     main_process_ip: str | None = None
     main_process_port: int = Field(default=29500, ge=1, le=65535)
     distributed_type: Literal["ddp", "fsdp"] = "ddp"
@@ -124,8 +129,8 @@ class HardwareSection(Section):
 
     cpu_mode: bool = True
     gpu_name: str | None = None
-    gpu_count: int = Field(default=0, ge=0)
-    gpu_total_gb: float | None = Field(default=None, ge=0)
+    gpu_count: int = Field(default=0, ge=0, le=1024)
+    gpu_total_gb: float | None = Field(default=None, ge=0, le=1e6)
     tier: str | None = None
     measured: dict[str, Any] | None = Field(default=None, description="Numbers written by `lora3d plan --measure`.")
 

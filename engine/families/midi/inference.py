@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
+from engine import input_limits
 from engine.errors import CheckpointError, DataError
+from engine.models.dit.mesh import MAX_OCTREE_RESOLUTION
 
 __all__ = ["SCENE_SUFFIXES", "SceneInputs", "load_scene_inputs", "run_inference", "write_scene"]
 
@@ -42,14 +44,8 @@ class SceneInputs:
 
 
 def _open_image(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found, got {str(path)!r}. Pass an existing PNG or JPEG file.")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: {what} could not be read as an image, got {type(exc).__name__}. Save it as PNG.") from None
-    return image
+    # Bounded: the header's size is checked before Pillow decodes (a 100,000 x 100,000 PNG is 30 GB of pixels).
+    return input_limits.open_image(path, what)
 
 
 def _id_map(image: Image.Image, path: Path) -> np.ndarray:
@@ -100,10 +96,21 @@ def load_scene_inputs(rgb_image: Path, seg_image: Path) -> SceneInputs:
 
 
 def _check_output(output: Path) -> None:
+    """The scene file can be written: a known type, not a folder, in a folder (checked before any work)."""
+    if output.is_dir():
+        raise DataError(
+            f"{output}: `--output` names a folder, got an existing folder. Name the scene file, e.g. "
+            f"{output / 'result.glb'}."
+        )
     if output.suffix.lower() not in SCENE_SUFFIXES:
         raise DataError(
             f"{output}: unknown scene file type, got {output.suffix or 'no suffix'!r}. Use one of "
             f"{', '.join(SCENE_SUFFIXES)} (e.g. result.glb)."
+        )
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(
+            f"{output}: `--output` lies under {parent}, which is a file, not a folder. Choose a path in a folder."
         )
 
 
@@ -188,14 +195,22 @@ def write_scene(meshes: list, names: list[str], output: Path) -> Path:
             f"{output}: no instance produced a surface, got {len(meshes)} empty meshes. Raise `--steps` or "
             "`--octree_resolution`, or check that `--pretrained` is a trained model."
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     suffix = output.suffix.lower()
     tmp = output.with_name(f".{output.stem}.{uuid.uuid4().hex}{suffix}")
-    if suffix == ".ply":
-        trimesh.util.concatenate(list(scene.dump())).export(tmp)
-    else:
-        scene.export(tmp, file_type=suffix[1:])
-    os.replace(tmp, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".ply":
+            trimesh.util.concatenate(list(scene.dump())).export(tmp)
+        else:
+            scene.export(tmp, file_type=suffix[1:])
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise DataError(
+            f"{output}: the scene file cannot be written, got {exc.strerror or exc}. Check that the folder is "
+            "writable and has free space; nothing was written."
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves no hidden partial file
     return output
 
 
@@ -239,9 +254,12 @@ def run_inference(
 
     output = Path(output)
     _check_output(output)
-    for name, value in (("--steps", steps), ("--octree_resolution", octree_resolution)):
-        if value < 1:
-            raise DataError(f"`{name}`: must be a positive integer, got {value!r}. Use e.g. 50 steps, resolution 128.")
+    for name, value, limit in (("--steps", steps, 10_000), ("--octree_resolution", octree_resolution,
+                                                              MAX_OCTREE_RESOLUTION)):
+        if not 1 <= value <= limit:
+            raise DataError(
+                f"`{name}`: must be an integer in 1..{limit}, got {value!r}. Use e.g. 50 steps, resolution 128."
+            )
     inputs = load_scene_inputs(Path(rgb_image), Path(seg_image))
     target = _resolve_device(device)
     dtype = torch.float16 if target.type == "cuda" else torch.float32

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +27,7 @@ TINY_NUM_LAYERS = 3
 class MidiModelOptions(BaseModel):
     """The `model` keys the midi family adds."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     mi_blocks: list[int] | None = Field(
         default=None,
         description="DiT blocks whose self-attention is multi-instance; empty = MIDI's 8-12 (the middle block "
@@ -39,23 +39,23 @@ class MidiModelOptions(BaseModel):
     cfg_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Probability a scene's image conditions are zeroed.")
     num_tokens: int = Field(default=2048, ge=1, le=65536, description="VAE latent tokens per instance (MIDI: 2048).")
     weighting: Literal["logit_normal", "uniform"] = Field(default="logit_normal", description="Training sigma density.")
-    logit_mean: float = Field(default=0.0, description="Mean of the logit-normal sigma density.")
-    logit_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma density.")
+    logit_mean: float = Field(default=0.0, ge=-10.0, le=10.0, description="Mean of the logit-normal sigma density.")
+    logit_std: float = Field(default=1.0, gt=0.0, le=10.0, description="Std of the logit-normal sigma density.")
     frozen_dtype: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32", description="Dtype of the frozen VAE, CLIP and DINOv2 (fp16/bf16 halve their memory)."
     )
     dit_dtype: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32", description="Dtype of the frozen DiT base weights; LoRA weights stay fp32."
     )
-    tiny_seed: int = Field(default=0, ge=0, description="Seed of the tiny random base used when `model.pretrained` is empty.")
+    tiny_seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the tiny random base used when `model.pretrained` is empty.")
 
 
 class MidiDataOptions(BaseModel):
     """The `data` keys the midi family adds."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     num_samples: int | None = Field(
-        default=None, ge=16, description="Surface points per instance fed to the VAE; empty = all prepared points."
+        default=None, ge=16, le=1_000_000, description="Surface points per instance fed to the VAE; empty = all prepared points."
     )
     enable_latent_cache: bool = Field(
         default=True, description="Cache the frozen VAE posteriors and image tokens on disk (false: encode every step)."
@@ -64,22 +64,22 @@ class MidiDataOptions(BaseModel):
     val_fraction: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of scenes held out (last by name) when there is no val split."
     )
-    eval_sigmas: list[float] = Field(
+    eval_sigmas: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default=[0.1, 0.3, 0.5, 0.7, 0.9], description="Noise levels of the validation loss (fixed noise)."
     )
     eval_chamfer_every: int = Field(
-        default=1, ge=0, description="Generate scenes and score Chamfer every N-th evaluation; 0 = never."
+        default=1, ge=0, le=1_000_000, description="Generate scenes and score Chamfer every N-th evaluation; 0 = never."
     )
-    eval_chamfer_scenes: int = Field(default=2, ge=1, description="Validation scenes generated for Chamfer.")
-    eval_sample_steps: int = Field(default=10, ge=1, description="Sampling steps of the Chamfer generation.")
-    eval_guidance_scale: float = Field(default=3.0, ge=0.0, description="CFG scale of the Chamfer generation.")
+    eval_chamfer_scenes: int = Field(default=2, ge=1, le=10_000, description="Validation scenes generated for Chamfer.")
+    eval_sample_steps: int = Field(default=10, ge=1, le=10_000, description="Sampling steps of the Chamfer generation.")
+    eval_guidance_scale: float = Field(default=3.0, ge=0.0, le=100.0, description="CFG scale of the Chamfer generation.")
     eval_octree_resolution: int = Field(default=48, ge=8, le=512, description="Marching-cubes grid cells per axis.")
     synthetic_domain: Literal["A", "B"] = Field(default="B", description="Synthetic scenes when `data.root` is empty.")
-    synthetic_train_scenes: int = Field(default=8, ge=1)
-    synthetic_val_scenes: int = Field(default=4, ge=0)
-    synthetic_seed: int = Field(default=0, ge=0)
-    synthetic_image_size: int = Field(default=64, ge=16)
-    synthetic_num_samples: int = Field(default=2048, ge=64)
+    synthetic_train_scenes: int = Field(default=8, ge=1, le=10_000)
+    synthetic_val_scenes: int = Field(default=4, ge=0, le=10_000)
+    synthetic_seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    synthetic_image_size: int = Field(default=64, ge=16, le=2048)
+    synthetic_num_samples: int = Field(default=2048, ge=64, le=1_000_000)
 
 
 class MidiLoraOptions(BaseModel):

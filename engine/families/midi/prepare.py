@@ -48,7 +48,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from engine.atomic import replace_folder
+from engine import input_limits
+from engine.atomic import pid_alive, replace_folder
 from engine.errors import DataError
 from engine.families.midi.mesh_files import (
     ACCEPTED_FORMATS,
@@ -86,6 +87,11 @@ MANIFEST_FORMAT = "lora3d-midi-scene"
 MANIFEST_FORMAT_VERSION = 1
 _INPUT_DIR_SCENE = "."
 """Scene name of report entries about the input folder itself (files that are no scene)."""
+_TMP_SCENE = re.compile(r"\.(?P<scene>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}")
+"""A scene folder being written (`_prepare_scene_checked`): hidden, named after the scene and its process."""
+MAX_NUM_SAMPLES = 1_000_000
+MAX_IMAGE_SIZE = 4096
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,23 @@ def discover_scenes(input_dir: str | Path) -> list[RawScene]:
     return _discover(Path(input_dir))[0]
 
 
+def _header_problem(path: Path) -> str | None:
+    """Why a .ply/.npy header declares more than the file holds (or a .ply less), before a reader allocates it."""
+    try:
+        if path.suffix.lower() == ".ply":
+            input_limits.read_ply_header(path)
+        elif path.suffix.lower() == SURFACE_SUFFIX:
+            input_limits.read_npy_header(path, allow_objects=True)
+    except DataError as exc:
+        return str(exc).removeprefix(f"{path}: ").rstrip(".")
+    return None
+
+
 def _load_mesh_file(path: Path, problems: SceneProblems) -> LoadedMesh | None:
     """Load one mesh file's nodes, reporting a refusal or dropped faces against the file."""
+    if problem := _header_problem(path):
+        problems.error(path.name, problem)
+        return None
     try:
         loaded = load_mesh_nodes(path)
     except MeshFileError as exc:
@@ -191,6 +212,9 @@ def _load_instances(files: list[Path], allow_pickle_npy: bool, problems: ScenePr
     instances: list[_Instance] = []
     for path in files:
         if path.suffix.lower() == SURFACE_SUFFIX:
+            if problem := _header_problem(path):
+                problems.error(path.name, problem)
+                continue
             try:
                 surface = load_npy_surface(path, allow_pickle_npy)
             except MeshFileError as exc:
@@ -348,9 +372,12 @@ def _check_arguments(input_dir: Path, output_dir: Path, num_samples: int, image_
         raise DataError(f"{input_dir}: input folder does not exist, got {str(input_dir)!r}. Pass `--input_dir` a folder with one sub-folder per scene")
     if output_dir.resolve() == input_dir.resolve():
         raise DataError(f"{output_dir}: output folder is the input folder, got {str(output_dir)!r}. Choose a separate `--output_dir`")
-    for key, value, low in (("num_samples", num_samples, 1), ("image_size", image_size, 8), ("workers", workers, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise DataError(f"`{key}`: must be an integer >= {low}, got {value!r}. Use e.g. num_samples 20480, image_size 512, workers 2")
+    limits = (("num_samples", num_samples, 1, MAX_NUM_SAMPLES), ("image_size", image_size, 8, MAX_IMAGE_SIZE),
+              ("workers", workers, 1, MAX_WORKERS))
+    for key, value, low, high in limits:
+        # The upper bounds are checked before anything is allocated: image_size 10^6 would render 10^12 pixels.
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise DataError(f"`{key}`: must be an integer in {low}..{high}, got {value!r}. Use e.g. num_samples 20480, image_size 512, workers 2")
 
 
 def prepare_dataset(
@@ -387,7 +414,7 @@ def prepare_dataset(
     if not sources:
         got = f"only entries that are not read: {list_names([p.file for p in skipped])}" if skipped else "an empty folder"
         raise DataError(f"{input_dir}: no scenes found, got {got}. Put one sub-folder of meshes per scene (or scene files) in it; accepted: {ACCEPTED_FORMATS}")
-    report = PrepareReport(input_dir=input_dir, output_dir=output_dir, problems=list(skipped))
+    report = PrepareReport(input_dir=input_dir, output_dir=output_dir, problems=list(skipped) + _clean_stale(output_dir))
     jobs = [_SceneJob(s, output_dir, num_samples, image_size, allow_pickle_npy, seed) for s in sources]
     console = Console(stderr=True)
     with Progress(console=console, disable=not (progress and console.is_terminal), transient=False) as bar:
@@ -418,6 +445,19 @@ def prepare_dataset(
     if progress:
         print_report(report, console)
     return report
+
+
+def _clean_stale(output_dir: Path) -> list[PrepareProblem]:
+    """Removes the temporary scene folders of runs that were killed (their process is gone), and says so."""
+    if not output_dir.is_dir():
+        return []
+    notes = []
+    for entry in sorted(output_dir.iterdir()):
+        match = _TMP_SCENE.fullmatch(entry.name)
+        if match and entry.is_dir() and not pid_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            notes.append(PrepareProblem(match["scene"], entry.name, f"removed the temporary folder of an interrupted run (process {match['pid']} no longer runs)", "warning"))
+    return notes
 
 
 def _input_bytes(path: Path) -> int:

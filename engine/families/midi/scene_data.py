@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from engine import input_limits
 from engine.errors import DataError
 from engine.families.midi.prepare import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION
 
@@ -24,6 +25,8 @@ __all__ = ["PreparedScene", "list_prepared_scenes", "load_prepared_scene"]
 _FIX = "Re-run `python scripts/prepare_data.py` for this scene"
 _NORMAL_TOLERANCE = 1e-3
 _RANGE_TOLERANCE = 1e-4
+MAX_SURFACE_BYTES = 64 * 1024 * 1024
+"""Largest surface array read from an instance `.npz` (5.6M points; MIDI trains on 20,480)."""
 
 
 @dataclass
@@ -96,6 +99,12 @@ def _read_manifest(folder: Path) -> dict:
 
 def _read_surface(folder: Path, file: str, num_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
     path = folder / file
+    if path.exists():
+        # A compressed member inflates to whatever its header declares: check that before numpy allocates it.
+        try:
+            input_limits.check_npz_members(path, MAX_SURFACE_BYTES)
+        except DataError as exc:
+            raise _fail(folder, file, str(exc).removeprefix(f"{path}: ").rstrip(".")) from None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -125,18 +134,22 @@ def _read_surface(folder: Path, file: str, num_samples: int | None) -> tuple[np.
 
 
 def _read_image(folder: Path, file: str, grayscale: bool) -> np.ndarray:
+    path = folder / file
+    if not path.exists():
+        raise _fail(folder, file, "is missing, got no file")
+    if not path.is_file():
+        raise _fail(folder, file, "is not a regular file, got a folder, pipe or device")
     try:
-        with Image.open(folder / file) as img:
+        with input_limits.open_lazily(path) as img:  # bounded: the size is checked before decoding
             img.load()
-            if grayscale:
-                return np.array(img)
-            if img.mode != "RGB":
-                raise _fail(folder, file, f"must be an RGB image, got mode {img.mode!r}")
-            return np.array(img)
-    except FileNotFoundError:
-        raise _fail(folder, file, "is missing, got no file") from None
+            mode, array = img.mode, np.array(img)
+    except input_limits.ImageTooLargeError as exc:
+        raise _fail(folder, file, str(exc)) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise _fail(folder, file, f"could not be read as an image, got {type(exc).__name__}: {exc}") from None
+    if not grayscale and mode != "RGB":
+        raise _fail(folder, file, f"must be an RGB image, got mode {mode!r}")
+    return array
 
 
 def load_prepared_scene(folder: str | Path) -> PreparedScene:

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.families.midi.prepare_report import SceneProblems
 from engine.families.midi.render import render_scene, sample_camera
+from engine.input_limits import ImageTooLargeError, open_lazily
 
 __all__ = ["list_names", "scene_image", "visible_pixels"]
 
@@ -31,13 +32,16 @@ def list_names(names: list[str]) -> str:
 
 def _read_rgb(path: Path, problems: SceneProblems) -> Image.Image | None:
     try:
-        with Image.open(path) as img:
+        with open_lazily(path) as img:  # bounded: a tiny PNG can declare 10^10 pixels
             img.load()
             if img.mode in ("RGBA", "LA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, rgba).convert("RGB")  # MIDI renders on white
             return img.convert("RGB")
+    except ImageTooLargeError as exc:
+        problems.error(path.name, str(exc))
+        return None
     except (UnidentifiedImageError, OSError) as exc:
         problems.error(path.name, f"could not be read as an image, got {type(exc).__name__}: {exc}. Save it as PNG or JPEG")
         return None
@@ -45,9 +49,12 @@ def _read_rgb(path: Path, problems: SceneProblems) -> Image.Image | None:
 
 def _read_id_map(path: Path, problems: SceneProblems) -> np.ndarray | None:
     try:
-        with Image.open(path) as img:
+        with open_lazily(path) as img:
             img.load()
             ids = np.array(img)
+    except ImageTooLargeError as exc:
+        problems.error(path.name, str(exc))
+        return None
     except (UnidentifiedImageError, OSError) as exc:
         problems.error(path.name, f"could not be read as an image, got {type(exc).__name__}: {exc}. Save the id map as a single-channel PNG")
         return None

@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.errors import CheckpointError
 from engine.lora import load_lora_checkpoint, save_lora_checkpoint
+from engine.lora.adapter_io import check_finite
 from engine.models.ptv3 import PTv3LanguageModel, PTv3Segmentor
 
 HEAD_FILE = "seg_head.safetensors"
@@ -47,6 +48,7 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     head_file = folder / HEAD_FILE if folder.is_dir() else None
     if head_file is not None and head_file.is_file():
         head = load_file(str(head_file))
+        check_finite(head, head_file)  # a diverged head would poison every prediction (and a merged checkpoint)
         if not isinstance(getattr(model, "seg_head", None), nn.Linear):
             raise CheckpointError(
                 f"{folder}: the adapter has a segmentation head but the model has none, got "

@@ -12,6 +12,7 @@ def import_3dgs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help=".ply file or folder of .ply files")
     p.add_argument("dest", help="scene folder (file mode) or dataset split folder (folder mode)")
     p.add_argument("--labels", help="optional .npy of per-point labels (file mode)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing scene folders (each one atomically)")
 
 
 def cmd_import_3dgs(args: argparse.Namespace) -> int:
@@ -22,8 +23,9 @@ def cmd_import_3dgs(args: argparse.Namespace) -> int:
 
     src, dest = Path(args.src), Path(args.dest)
     if src.is_dir():
-        summary = import_3dgs_folder(src, dest)
+        summary = import_3dgs_folder(src, dest, overwrite=args.overwrite)
     else:
-        summary = import_3dgs_ply(src, dest, labels=Path(args.labels) if args.labels else None)
+        summary = import_3dgs_ply(src, dest, labels=Path(args.labels) if args.labels else None,
+                                  overwrite=args.overwrite)
     Console(highlight=False, soft_wrap=True).print(summary)
     return 0

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import input_limits
 from engine.errors import DataError
 
 REQUIRED_FILES = ("coord", "color", "opacity", "quat", "scale")
@@ -84,20 +85,14 @@ def _shape_text(trailing: tuple[int | None, ...]) -> str:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """Loads one `.npy` file without ever unpickling, turning every read failure into a DataError.
+    """Loads one `.npy` file without ever unpickling, its header checked against the file first.
 
     Raises:
-        DataError: the file is missing, truncated, corrupt or holds Python objects.
+        DataNotFoundError: the file is missing.
+        DataError: not a regular file (a pipe, a device), truncated, corrupt, a header declaring more than the
+            file holds, or Python objects.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing, got no such file. Write it or remove the scene folder.")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(
-            f"{path}: cannot read the .npy file (truncated, corrupt or pickled objects), got {str(err)!r}. "
-            "Re-export it with numpy.save from a plain numeric array."
-        ) from err
+    return input_limits.load_npy(path)
 
 
 def _check_array(path: Path, name: str, array: np.ndarray) -> np.ndarray:
@@ -152,7 +147,8 @@ def load_scene(folder: str | Path, names: Sequence[str] | None = None) -> dict[s
         raise DataError(
             f"{folder}: scene folder is missing, got no such folder. Check the dataset root and split."
         )
-    missing = [n for n in REQUIRED_FILES if not (folder / f"{n}.npy").is_file()]
+    # exists(), not is_file(): a pipe or device under a scene file's name is named as such by load_npy.
+    missing = [n for n in REQUIRED_FILES if not (folder / f"{n}.npy").exists()]
     if missing:
         files = ", ".join(f"`{n}.npy`" for n in missing)
         raise DataError(
@@ -160,7 +156,7 @@ def load_scene(folder: str | Path, names: Sequence[str] | None = None) -> dict[s
             f"{', '.join(n + '.npy' for n in REQUIRED_FILES)}; import a 3DGS .ply with `lora3d import-3dgs`."
         )
     wanted = OPTIONAL_FILES if names is None else tuple(n for n in names if n in OPTIONAL_FILES)
-    present = list(REQUIRED_FILES) + [n for n in wanted if (folder / f"{n}.npy").is_file()]
+    present = list(REQUIRED_FILES) + [n for n in wanted if (folder / f"{n}.npy").exists()]
     scene: dict[str, np.ndarray] = {}
     for name in present:
         path = folder / f"{name}.npy"
@@ -231,6 +227,8 @@ def build_sample(
     label_key: str = "segment",
     scale_clip: tuple[float, float] = DEFAULT_SCALE_CLIP,
     folder: Path | str = "",
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, Any]:
     """Turns a loaded scene into a sample in SceneSplat's feature ranges.
 
@@ -241,6 +239,10 @@ def build_sample(
             a scene without it gets all -1 (ignore).
         scale_clip: (low, high) clip of the stored scale.
         folder: named in error messages.
+        num_classes: the semseg head's classes: labels must lie in [0, num_classes) or be ignored (negative
+            labels are ignored, as in SceneSplat's data; `ignore_index` names the ignored value). None skips
+            the check (the lang task, which reads labels for zero-shot evaluation only).
+        ignore_index: the task's ignored label (`model.ignore_index`).
 
     Returns:
         `name` plus arrays `coord` (N,3) f32, `color` (N,3) f32 in [-1,1], `opacity` (N,1) f32 in [0,1],
@@ -248,7 +250,8 @@ def build_sample(
         `normal` (N,3) f32, `instance` (N,) int64, `lang_feat` (N,D) as stored, `valid_feat_mask` (N,) bool.
 
     Raises:
-        DataError: an out-of-range opacity, negative scale or colour range.
+        DataError: an out-of-range opacity, negative scale or colour range, or labels the head cannot
+            train on (outside [0, num_classes) and not ignored).
     """
     if label_key not in LABEL_KEYS:
         raise DataError(
@@ -280,6 +283,8 @@ def build_sample(
     if label_key in scene:
         segment = scene[label_key].astype(np.int64)
         segment[segment < 0] = IGNORE_INDEX
+        if num_classes is not None:
+            check_labels(segment, num_classes, ignore_index, folder / f"{label_key}.npy")
         sample["segment"] = segment
     else:
         sample["segment"] = np.full(n, IGNORE_INDEX, dtype=np.int64)
@@ -294,6 +299,36 @@ def build_sample(
         else:
             sample["valid_feat_mask"] = np.any(scene["lang_feat"] != 0, axis=1)
     return sample
+
+
+def check_labels(segment: np.ndarray, num_classes: int, ignore_index: int, path: Path | str) -> None:
+    """Labels (negatives already mapped to -1) are classes of the head or the task's ignored value.
+
+    Raises:
+        DataError: labels at or above `num_classes` that are not `ignore_index`, or negative (ignored)
+            labels while `ignore_index` is not -1 (the loss would read -1 as a class index).
+    """
+    if not len(segment):
+        return
+    lo, hi = int(segment.min()), int(segment.max())
+    if (lo >= 0 or ignore_index == IGNORE_INDEX) and hi < num_classes:
+        return  # the usual case, decided by two reductions
+    outside = (segment >= num_classes) & (segment != ignore_index)
+    if outside.any():
+        values = np.unique(segment[outside])
+        raise DataError(
+            f"{path}: labels outside [0, {num_classes}) that are not `model.ignore_index` ({ignore_index}), got "
+            f"{int(outside.sum())} points labelled {values[:8].tolist()}{' ...' if len(values) > 8 else ''}. Map "
+            "them to -1 (ignored), raise `model.num_classes`, or set `model.ignore_index` to the value your data "
+            "uses for unlabelled points."
+        )
+    negative = segment == IGNORE_INDEX
+    if ignore_index != IGNORE_INDEX and negative.any():
+        raise DataError(
+            f"{path}: {int(negative.sum())} points have negative labels (unlabelled in SceneSplat's data, read as "
+            f"-1), but `model.ignore_index` is {ignore_index}, so the loss would take -1 for a class. Set "
+            f"`model.ignore_index: -1`, or store those points as {ignore_index}."
+        )
 
 
 def list_scenes(root: str | Path, split: str) -> list[Path]:
@@ -335,6 +370,9 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         label_key: `segment`, `segment20` or `segment200`.
         scale_clip: (low, high) clip of the stored scale.
         seed: base seed of the per-sample generators.
+        num_classes: semseg: the head's classes; a scene with labels it cannot train on fails to load
+            (see `build_sample`). None skips the check.
+        ignore_index: the task's ignored label.
         progress: called with a one-line message while indexing takes longer than
             `PROGRESS_AFTER_S` (every `PROGRESS_EVERY_S`, and once when done); None logs the messages
             at INFO on this module's logger.
@@ -351,6 +389,8 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         scale_clip: tuple[float, float] = DEFAULT_SCALE_CLIP,
         seed: int = 0,
         progress: Callable[[str], None] | None = None,
+        num_classes: int | None = None,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if on_error not in ("stop", "skip"):
             raise DataError(f"on_error: unknown mode, got {on_error!r}. Use 'stop' or 'skip'.")
@@ -368,6 +408,8 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         self.label_key = label_key
         self.scale_clip = scale_clip
         self.seed = seed
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.epoch = 0
         self.skipped: list[tuple[str, str]] = []
         self.scenes = self._index(progress or (lambda message: _log.info("%s", message)))
@@ -429,7 +471,8 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         """Loads and builds scene `index % len(scenes)` without transforms."""
         folder = self.scenes[index % len(self.scenes)]
         scene = load_scene(folder)
-        return build_sample(scene, folder.name, self.label_key, self.scale_clip, folder)
+        return build_sample(scene, folder.name, self.label_key, self.scale_clip, folder, self.num_classes,
+                            self.ignore_index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self.scenes)):
@@ -455,31 +498,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
 
 def _read_npy_length(path: Path) -> int:
     """Reads an .npy header and checks the file is long enough for the declared array."""
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing, got no such file. Write it or remove the scene folder.")
-    try:
-        with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            data_start = f.tell()
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(
-            f"{path}: cannot read the .npy header, got {str(err)!r}. Re-export it with numpy.save."
-        ) from err
-    if dtype.hasobject:
-        raise DataError(
-            f"{path}: holds Python objects, got dtype {str(dtype)!r}. Save a plain numeric array."
-        )
-    need = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    size = path.stat().st_size
-    if size < need:
-        raise DataError(
-            f"{path}: file is truncated, got {size} bytes for a declared {shape} {dtype} array "
-            f"({need} bytes). Re-export the scene."
-        )
+    shape = input_limits.read_npy_header(path).shape
     return int(shape[0]) if shape else 0
 
 
@@ -541,8 +560,7 @@ def load_text_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
     path = Path(path)
     if path.suffix == ".pt":
-        if not path.is_file():
-            raise DataError(f"{path}: file is missing, got no such file. Point to the text-embedding file.")
+        input_limits.regular_file_size(path, "text-embedding file", "Point to the text-embedding file.")
         try:
             table = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:

@@ -61,8 +61,17 @@ class SyntheticRoomDataset(torch.utils.data.Dataset):
         return self.transforms(sample, rng=np.random.default_rng((self.sample_seed, self.epoch, index)))
 
 
-def build_datasets(profile: Any, lang_dim: int | None) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
-    """Train and validation datasets of a resolved profile (`lang_dim`: the feature width for the lang task)."""
+def build_datasets(
+    profile: Any, lang_dim: int | None, num_classes: int | None = None
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    """Train and validation datasets of a resolved profile.
+
+    Args:
+        profile: the resolved profile.
+        lang_dim: the feature width for the lang task.
+        num_classes: semseg: the head's classes; scene-folder labels are checked against them and
+            `model.ignore_index` as each scene loads (a bad label must not reach the loss).
+    """
     data = profile.data
     seed = profile.train.seed
 
@@ -77,10 +86,11 @@ def build_datasets(profile: Any, lang_dim: int | None) -> tuple[torch.utils.data
         val = (SyntheticRoomDataset("val", data.synthetic_val, transforms=transforms("val"), **common)
                if data.val_split is not None and data.synthetic_val > 0 else None)
         return train, val
+    labels = dict(num_classes=num_classes, ignore_index=profile.model.ignore_index)
     train = SceneFolderDataset(data.root, data.train_split, transforms("train"), on_error=data.on_error,
-                               loop=data.loop, label_key=data.label_key, seed=seed)
+                               loop=data.loop, label_key=data.label_key, seed=seed, **labels)
     val = None
     if data.val_split is not None and (Path(data.root) / data.val_split).is_dir():
         val = SceneFolderDataset(data.root, data.val_split, transforms("val"), on_error=data.on_error,
-                                 label_key=data.label_key, seed=seed)
+                                 label_key=data.label_key, seed=seed, **labels)
     return train, val

@@ -169,7 +169,9 @@ class SceneSplatFamily(Family):
     # ---------------------------------------------------------------- data
     def build_datasets(self, recipe: Recipe):
         options = recipe.options
-        return datasets.build_datasets(recipe.profile, options.output_width if options.task == "lang" else None)
+        lang = options.task == "lang"
+        return datasets.build_datasets(recipe.profile, options.output_width if lang else None,
+                                       None if lang else options.num_classes)
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:
         return collate_scenes(samples)

@@ -50,11 +50,20 @@ BACKBONES: dict[str, dict[str, Any]] = {
 
 _STAGE_NAME = re.compile(r"(enc|dec)\d+")
 
+BACKBONE_LIMITS: dict[str, int] = {
+    "enc_depths": 64, "dec_depths": 64, "enc_channels": 4096, "dec_channels": 4096,
+    "enc_num_head": 256, "dec_num_head": 256, "enc_patch_size": 16384, "dec_patch_size": 16384, "stride": 8,
+}
+"""Largest entry of each per-stage key of a `model.backbone` mapping, checked before anything is built (real
+PTv3s use at most 768 channels, 16 heads, 1024-point patches); at most `MAX_STAGES` stages."""
+MAX_STAGES = 8
+MAX_MLP_RATIO = 16
+
 
 class SceneSplatModelOptions(BaseModel):
     """`model.*` keys of a scenesplat profile."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backbone: Literal["scenesplat", "pointcept", "demo-tiny"] | dict[str, Any] = Field(
         default="scenesplat",
@@ -67,7 +76,7 @@ class SceneSplatModelOptions(BaseModel):
         description="semseg: classes of the head; empty = len(`class_names`), or 6 for the synthetic rooms.",
     )
     class_names: list[str] | None = Field(default=None, description="Class names for per-class metrics.")
-    ignore_index: int = Field(default=-1, description="Label value that is not trained or counted.")
+    ignore_index: int = Field(default=-1, ge=-(2**31), le=2**31 - 1, description="Label value that is not trained or counted.")
     train_head: bool = Field(default=True, description="semseg: train the segmentation head with the adapter.")
     text_embeddings: Path | None = Field(
         default=None,
@@ -83,7 +92,7 @@ class SceneSplatModelOptions(BaseModel):
         default=0.0, ge=0, le=1e6, description="lang: weight of the aggregated contrastive term (SceneSplat: 0.02-0.025)."
     )
     contrastive_temperature: float = Field(default=0.2, gt=0, le=1e6, description="lang: InfoNCE temperature.")
-    contrastive_min_points: int = Field(default=100, ge=2, description="lang: points a class needs to take part.")
+    contrastive_min_points: int = Field(default=100, ge=2, le=1_000_000_000, description="lang: points a class needs to take part.")
     zero_shot_threshold: float = Field(
         default=ZERO_SHOT_THRESHOLD, ge=0, le=1, description="lang eval: sigmoid score below which a point is unlabelled."
     )
@@ -101,9 +110,9 @@ class SceneSplatModelOptions(BaseModel):
 class SceneSplatDataOptions(BaseModel):
     """`data.*` keys of a scenesplat profile."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    grid_size: float = Field(default=0.02, gt=0, le=100, description="Voxel edge in metres (SceneSplat: 0.02).")
+    grid_size: float = Field(default=0.02, ge=1e-4, le=100, description="Voxel edge in metres (SceneSplat: 0.02).")
     point_budget: int | None = Field(
         default=None, ge=64, le=100_000_000,
         description="Keep at most this many points per scene after voxelisation (SceneSplat: 192000).",
@@ -119,7 +128,7 @@ class SceneSplatDataOptions(BaseModel):
     synthetic_points: int = Field(
         default=6000, ge=64, le=10_000_000, description="Built-in data: Gaussians per room (domain A)."
     )
-    synthetic_seed: int = Field(default=0, ge=0, description="Built-in data: seed of the rooms.")
+    synthetic_seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Built-in data: seed of the rooms.")
     synthetic_shift: float = Field(
         default=1.0, ge=0, le=1, description="Built-in data: how far domain B's look moves from A's (0..1)."
     )
@@ -236,6 +245,9 @@ def check_profile(profile: Any) -> list[str]:
                 f"`model.backbone` mapping needs `enc_depths` (one entry per stage), got keys {sorted(config)!r}. "
                 "Give the PointTransformerV3 keyword arguments of your checkpoint."
             ]
+        sizes = _check_backbone_sizes(config)
+        if sizes:
+            return sizes
         if config.get("in_channels", 6) != IN_CHANNELS:
             errors.append(
                 f"`model.backbone.in_channels` must be {IN_CHANNELS} (color 3 + opacity 1 + quat 4 + scale 3), "
@@ -260,6 +272,28 @@ def check_profile(profile: Any) -> list[str]:
         errors.extend(_check_semseg(profile))
     else:
         errors.extend(_check_lang(profile, config, label))
+    return errors
+
+
+def _check_backbone_sizes(config: dict[str, Any]) -> list[str]:
+    """Per-stage sizes of a custom backbone mapping within `BACKBONE_LIMITS` (a typo must not allocate terabytes)."""
+    errors = []
+    for key, limit in BACKBONE_LIMITS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        entries = list(value) if isinstance(value, (list, tuple)) else None
+        if entries is None or not 1 <= len(entries) <= MAX_STAGES or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit for v in entries):
+            shown = entries[:MAX_STAGES] if entries is not None else value
+            errors.append(
+                f"`model.backbone.{key}` must list 1 to {MAX_STAGES} whole numbers in 1..{limit} (one per stage), got "
+                f"{str(shown)[:80]}. Copy the value from your checkpoint's PointTransformerV3 config."
+            )
+    ratio = config.get("mlp_ratio", 4)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= MAX_MLP_RATIO:
+        errors.append(f"`model.backbone.mlp_ratio` must be a number in (0, {MAX_MLP_RATIO}], got {str(ratio)[:40]}. "
+                      "PTv3 uses 4.")
     return errors
 
 

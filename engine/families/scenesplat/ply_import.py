@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import plyfile
 
+from engine import input_limits
 from engine.atomic import atomic_folder
 from engine.errors import DataError
 from engine.families.scenesplat.data import normalize_quat
@@ -46,53 +47,9 @@ REQUIRED_PROPERTIES = (
     "rot_2",
     "rot_3",
 )
-_PLY_TYPE_BYTES = {
-    "char": 1, "uchar": 1, "int8": 1, "uint8": 1,
-    "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
-    "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4,
-    "double": 8, "float64": 8,
-}  # fmt: skip
-
-
-def _check_declared_size(path: Path) -> None:
-    """Rejects a header whose declared vertex count cannot fit in the file, before anything is allocated."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        header = f.read(65536)
-    end = header.find(b"end_header")
-    if not header.startswith(b"ply") or end < 0:
-        raise DataError(
-            f"{path}: not a PLY file, got header {header[:16]!r}. Export the 3DGS point cloud as .ply."
-        )
-    fmt, count, row_bytes, in_vertex = "", 0, 0, False
-    for line in header[:end].decode("ascii", "replace").splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "format" and len(words) > 1:
-            fmt = words[1]
-        elif words[0] == "element":
-            in_vertex = len(words) == 3 and words[1] == "vertex"
-            if in_vertex and words[2].isdigit():
-                count = int(words[2])
-        elif words[0] == "property" and in_vertex and len(words) == 3:
-            row_bytes += _PLY_TYPE_BYTES.get(words[1], 1)
-    if fmt != "ascii":
-        need = count * row_bytes
-    else:
-        # each ascii value takes at least one character and one separator
-        need = count * max(row_bytes // 4, 1) * 2
-    if need > size:
-        raise DataError(
-            f"{path}: header declares {count} vertices, needing at least {need} bytes, got a {size}-byte file. "
-            "The file is truncated; export or copy it again."
-        )
-
-
 def _read_vertices(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing, got no such file. Check the .ply path.")
-    _check_declared_size(path)
+    # Before plyfile allocates the declared rows: they must fit in the file, and be all of its rows.
+    input_limits.read_ply_header(path)
     try:
         ply = plyfile.PlyData.read(str(path))
     except (plyfile.PlyParseError, ValueError, OSError, EOFError) as err:
@@ -157,17 +114,29 @@ def write_scene_atomic(scene: dict[str, np.ndarray], dest: Path, overwrite: bool
     """Writes `name.npy` files into a temporary sibling folder and renames it to `dest`.
 
     Raises:
-        DataError: `dest` exists and `overwrite` is False.
+        DataError: `dest` exists and `overwrite` is False, `dest` is a file (never replaced by a scene), or the
+            folder cannot be written.
     """
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(
+            f"{dest}: is a file, not a scene folder, got an existing file. Choose a folder path for the scene "
+            "(the file is left untouched)."
+        )
     if dest.exists() and not overwrite:
         raise DataError(
             f"{dest}: scene folder already exists, got {sorted(p.name for p in dest.iterdir())[:6]!r}. "
-            "Choose another destination or pass overwrite=True (`--overwrite`)."
+            "Choose another destination or pass `--overwrite` (overwrite=True) to replace it."
         )
-    with atomic_folder(dest) as tmp:
-        for name, array in scene.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    try:
+        with atomic_folder(dest) as tmp:
+            for name, array in scene.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    except OSError as exc:
+        raise DataError(
+            f"{dest}: the scene folder cannot be written, got {exc.strerror or exc}. Check that its parent is a "
+            "writable folder with free space; nothing was written."
+        ) from None
 
 
 def import_3dgs_ply(
@@ -239,6 +208,11 @@ def import_3dgs_folder(
         DataError: no .ply files, or (with on_error="stop") any bad file.
     """
     src_dir, dest_root = Path(src_dir), Path(dest_root)
+    if dest_root.exists() and not dest_root.is_dir():
+        raise DataError(
+            f"{dest_root}: is a file, not a folder, got an existing file. Pass the split folder that receives one "
+            "scene folder per .ply (the file is left untouched)."
+        )
     if on_error not in ("stop", "skip"):
         raise DataError(f"on_error: unknown mode, got {on_error!r}. Use 'stop' or 'skip'.")
     if not src_dir.is_dir():

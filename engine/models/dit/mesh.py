@@ -15,7 +15,10 @@ import torch.nn.functional as F
 import trimesh
 from skimage import measure
 
-__all__ = ["extract_mesh", "grid_bounds", "mesh_sdf", "sdf_grid"]
+__all__ = ["MAX_OCTREE_RESOLUTION", "extract_mesh", "grid_bounds", "mesh_sdf", "sdf_grid"]
+
+MAX_OCTREE_RESOLUTION = 1024
+"""Most grid cells per axis: the (R+1)^3 float32 grid is 4.3 GB at 1024 (MIDI and TripoSG use 256-512)."""
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -81,6 +84,9 @@ def sdf_grid(
     """
     lo, hi = grid_bounds(bounds)
     res = int(octree_resolution)
+    if not 1 <= res <= MAX_OCTREE_RESOLUTION:
+        # Checked before the (R+1)^3 grid is allocated: 1e5 would ask for petabytes.
+        raise ValueError(f"octree_resolution: must be in 1..{MAX_OCTREE_RESOLUTION}, got {octree_resolution!r}.")
     n = res + 1
     if not refine:
         step = (hi - lo) / res
