@@ -1,6 +1,6 @@
 """Provides a numpy point-splat renderer: coloured points seen from above and from an oblique camera, no OpenGL.
 
-Scenes are z-up (SceneSplat, ScanNet, 3DGS captures aligned to the floor). Each point becomes a square
+Scenes are z-up (indoor scans and 3DGS captures aligned to the floor). Each point becomes a square
 splat of `point_px` pixels; a z-buffer keeps the nearest point per pixel (the one highest up in the
 top-down view), so walls and objects hide what is behind them. Points are not blended: a splat viewer
 shows the Gaussians themselves, these images show which label or score each one got.

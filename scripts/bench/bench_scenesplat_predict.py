@@ -106,7 +106,7 @@ def _job_predict(config: dict[str, Any]) -> dict[str, Any]:
     hwm_reset = reset_peak_rss()
     rss_before = proc_status_bytes("VmRSS") or 0
     args = _argparse.Namespace(run_dir=config["run_dir"], scene=config["ply"], out=config["out"], adapter=[],
-                               base=False, query=[], embeddings=None, fragments=False, rotations=1, max_points=None,
+                               split=None, base=False, query=[], embeddings=None, fragments=False, rotations=1, max_points=None,
                                memory_gb=config["memory_gb"], device="cpu", no_render=False)
     start = time.perf_counter()
     records = run_predict(args)

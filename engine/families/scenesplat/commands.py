@@ -67,8 +67,10 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
     _run_arguments(p)
-    p.add_argument("--scene", required=True, metavar="PATH",
-                   help="a scene folder, a 3DGS .ply, or a folder of them")
+    scenes = p.add_mutually_exclusive_group(required=True)
+    scenes.add_argument("--scene", metavar="PATH", help="a scene folder, a 3DGS .ply, or a folder of them")
+    scenes.add_argument("--split", metavar="NAME",
+                        help="a split of the run's own data instead (e.g. val; the built-in rooms have train and val)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/<scene>/<model>/")
     p.add_argument("--base", action="store_true", help="also predict with the base alone")
     p.add_argument("--query", action="append", default=[], metavar="TEXT",

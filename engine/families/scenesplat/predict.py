@@ -1,6 +1,7 @@
 """Provides SceneSplat's `lora3d predict`: per-Gaussian labels of new scenes, a recoloured 3DGS `.ply`, renders.
 
-Input: a scene folder, a folder of scene folders and/or INRIA 3DGS `.ply` files, or one `.ply`. Every
+Input (`--scene`): a scene folder, a folder of scene folders and/or INRIA 3DGS `.ply` files, or one `.ply`;
+or (`--split`) a split of the run's own data, the built-in rooms included. Every
 input is checked before anything is written (a `.ply` that is not 3DGS or a scene missing arrays stops
 the command with exit 2 and an untouched output folder). For each scene and each model (`--adapter`s on
 one base, `--base` for the base alone), `OUT/<scene>/<model>/` appears complete or not at all:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -36,9 +38,22 @@ from rich.markup import escape
 from engine.atomic import atomic_folder
 from engine.errors import DataError, ProfileError
 from engine.families.evaluation import adapter_names, autocast, load_models, load_source, pick_device
-from engine.families.scenesplat.data import REQUIRED_FILES, build_sample, load_scene, load_text_embeddings
+from engine.families.scenesplat.data import (
+    REQUIRED_FILES,
+    SceneFolderDataset,
+    build_sample,
+    load_scene,
+    load_text_embeddings,
+)
 from engine.families.scenesplat.evaluate import load_scenesplat_adapter
-from engine.families.scenesplat.full_scene import ScoreLayout, is_scene_folder, score_function, settings_for
+from engine.families.scenesplat.full_scene import (
+    ScoreLayout,
+    is_scene_folder,
+    raw_sample,
+    scene_count,
+    score_function,
+    settings_for,
+)
 from engine.families.scenesplat.ply_export import recolour_ply, write_3dgs_ply
 from engine.families.scenesplat.ply_import import _read_vertices, convert_3dgs_vertices
 from engine.families.scenesplat.scene_inference import SceneScores, predict_scene
@@ -46,18 +61,42 @@ from engine.lora.switch import BASE
 from engine.render import class_colors, compose_figure, heat_colors, label_colors, render_points, write_png
 
 RENDER_SIZE = 512
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SceneInput:
-    """One scene to predict: a scene folder or a 3DGS `.ply`."""
+    """One scene to predict: a scene folder, a 3DGS `.ply`, or scene `index` of a run's split (`dataset`)."""
 
     name: str
-    path: Path
+    path: Path | None
+    dataset: Any = None
+    index: int = 0
 
     @property
     def is_ply(self) -> bool:
-        return self.path.suffix.lower() == ".ply"
+        return self.path is not None and self.path.suffix.lower() == ".ply"
+
+
+def split_scenes(recipe: Any, split: str) -> list[SceneInput]:
+    """The scenes of a split of the run's data: `data.root/<split>`, or the built-in rooms (`train`, `val`).
+
+    Raises:
+        ProfileError: a split the built-in rooms do not have, or one without scenes.
+        DataError: a missing split folder.
+    """
+    data = recipe.profile.data
+    if data.root is not None:
+        dataset = SceneFolderDataset(data.root, split, label_key=data.label_key)
+    elif split in ("train", "val"):
+        train, val = recipe.family.build_datasets(recipe)
+        dataset = train if split == "train" else val
+    else:
+        raise ProfileError(f"{recipe.source}: the built-in rooms have the splits `train` and `val`, got `--split {split}`. "
+                           "Use one of them, or `--scene PATH`.")
+    if dataset is None or scene_count(dataset) == 0:
+        raise ProfileError(f"{recipe.source}: split `{split}` has no scenes, got none. Use another split or `--scene PATH`.")
+    return [SceneInput(str(raw_sample(dataset, i)["name"]), None, dataset, i) for i in range(scene_count(dataset))]
 
 
 def find_scenes(path: Path) -> list[SceneInput]:
@@ -73,8 +112,13 @@ def find_scenes(path: Path) -> list[SceneInput]:
     elif is_scene_folder(path):
         found = [SceneInput(path.name, path)]
     elif path.is_dir():
-        found = [SceneInput(p.stem if p.is_file() else p.name, p) for p in sorted(path.iterdir())
+        entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+        found = [SceneInput(p.stem if p.is_file() else p.name, p) for p in entries
                  if (p.is_file() and p.suffix.lower() == ".ply") or is_scene_folder(p)]
+        other = [p.name for p in entries if p not in {s.path for s in found}]
+        if found and other:
+            _log.warning("%s: skipped %d entries that are neither a .ply nor a scene folder: %s", path, len(other),
+                         ", ".join(other[:8]) + (" ..." if len(other) > 8 else ""))
     else:
         found = []
     if not found:
@@ -99,11 +143,16 @@ def find_scenes(path: Path) -> list[SceneInput]:
     return found
 
 
-def read_scene(scene: SceneInput) -> dict[str, np.ndarray]:
-    """The scene's arrays in the scene-folder format (a `.ply` converted as `lora3d import-3dgs` does)."""
+def read_scene(scene: SceneInput) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """The built sample of a scene, and the arrays a new `.ply` is written from (None: recolour the input `.ply`)."""
+    if scene.dataset is not None:
+        sample = raw_sample(scene.dataset, scene.index)
+        return sample, sample
     if scene.is_ply:
-        return convert_3dgs_vertices(_read_vertices(scene.path), scene.path)
-    return load_scene(scene.path)
+        arrays = convert_3dgs_vertices(_read_vertices(scene.path), scene.path)
+        return build_sample(arrays, scene.name, folder=scene.path), None
+    arrays = load_scene(scene.path)
+    return build_sample(arrays, scene.name, folder=scene.path), arrays
 
 
 def load_queries(path: Path, queries: list[str], width: int) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -203,7 +252,7 @@ def run_predict(args: argparse.Namespace, console: Console | None = None) -> lis
             f"{recipe.source}: `--query` needs a language model (`model.task: lang`), got a {options.task} run. "
             "Query a run trained with the lang task."
         )
-    scenes = find_scenes(Path(args.scene))
+    scenes = find_scenes(Path(args.scene)) if args.scene else split_scenes(recipe, args.split)
     table = None
     embeddings = Path(args.embeddings) if args.embeddings else options.text_embeddings
     notes = list(source.notes)
@@ -233,16 +282,14 @@ def run_predict(args: argparse.Namespace, console: Console | None = None) -> lis
     records = []
     for scene in scenes:
         start = time.perf_counter()
-        arrays = read_scene(scene)
-        sample = build_sample(arrays, scene.name, folder=scene.path)
-        if scene.is_ply:
-            arrays = None  # the .ply is recoloured from the file itself
+        sample, arrays = read_scene(scene)
         settings, budget_notes = settings_for(recipe, device, len(sample["coord"]), args.fragments, args.rotations,
                                               args.max_points, args.memory_gb)
         for name in variants:
             model = models.adapters.use(name)
             result = predict_scene(model, sample, score, settings, device, autocast(recipe, device))
-            record = {"scene": scene.name, "input": str(scene.path), "model": name,
+            where = str(scene.path) if scene.path else f"split `{args.split}` of {recipe.source}"
+            record = {"scene": scene.name, "input": where, "model": name,
                       "adapter": str(models.adapters.paths[name]) if models.adapters.paths[name] else None,
                       "task": options.task, "profile": recipe.source, "device": str(device),
                       "grid_size": settings.grid_size, "max_points": settings.max_points,
@@ -265,4 +312,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SceneInput", "cmd_predict", "find_scenes", "load_queries", "read_scene", "run_predict", "write_outputs"]
+__all__ = ["SceneInput", "cmd_predict", "find_scenes", "load_queries", "read_scene", "run_predict", "split_scenes",
+           "write_outputs"]

@@ -81,3 +81,23 @@ def test_eval_of_a_lang_run_scores_zero_shot_labels(lang_run, capsys):
 def test_eval_of_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a lora3d run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_of_the_demo_run_reproduces_its_training_metric(tmp_path, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from engine.families.scenesplat import demo
+
+    monkeypatch.setenv("LORA3D_CACHE", str(tmp_path / "cache"))
+    result = demo.run_demo(tmp_path / "run", console=Console(file=io.StringIO()), quick=True, seed=0)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    base, adapter = json.loads(capsys.readouterr().out)["models"]
+    for key, value in _last_eval(tmp_path / "run").items():
+        assert adapter["training_metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert adapter["training_metrics"]["miou"] == pytest.approx(result["adapted_miou"], abs=1e-6)
+    assert base["training_metrics"]["miou"] == pytest.approx(result["base_miou"], abs=1e-6)
+    assert adapter["metrics"]["miou"] > base["metrics"]["miou"]  # full scene too, the adapter wins

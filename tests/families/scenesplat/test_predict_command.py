@@ -177,3 +177,11 @@ def test_bad_input_exits_2_names_the_file_and_writes_nothing(case, semseg_run, l
     assert str(named) in err.replace("\n", ""), err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_predict_on_the_runs_own_validation_rooms(semseg_run, tmp_path):
+    assert main(["predict", str(semseg_run), "--split", "val", "--out", str(tmp_path / "out"), "--no-render"]) == 0
+    folder = tmp_path / "out" / "synthetic_val_0000" / "adapter"
+    labels = np.load(folder / "labels.npy")
+    ply = plyfile.PlyData.read(str(folder / "labels.ply"))["vertex"].data
+    assert len(ply) == len(labels) > 0 and "split `val`" in json.loads((folder / "prediction.json").read_text())["input"]
