@@ -108,9 +108,9 @@ def _job_predict(config: dict[str, Any]) -> dict[str, Any]:
     args = _argparse.Namespace(run_dir=config["run_dir"], scene=config["ply"], out=config["out"], adapter=[],
                                split=None, base=False, query=[], embeddings=None, fragments=False, rotations=1, max_points=None,
                                memory_gb=config["memory_gb"], device="cpu", no_render=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     records = run_predict(args)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = proc_status_bytes("VmHWM") if hwm_reset else None
     if peak is None:
         import resource
@@ -118,7 +118,7 @@ def _job_predict(config: dict[str, Any]) -> dict[str, Any]:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     record = records[0]
     return {"budget": budget.to_dict(), "measured_bytes": int(peak - rss_before), "rss_before_bytes": int(rss_before),
-            "seconds": seconds, "gaussians": record["gaussians"], "voxels": record["voxels"],
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "gaussians": record["gaussians"], "voxels": record["voxels"],
             "forwards": record["forwards"], "max_points_per_forward": record["max_points_per_forward"]}
 
 
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(f"plan: {budget['max_tokens']} points per forward pass, expected {budget['expected_bytes'] / 2**20:.0f} "
               f"MiB, with margin {budget['estimate_bytes'] / 2**20:.0f} MiB (budget {budget['budget_bytes'] / 2**20:.0f} MiB)")
         print(f"predict: {res['gaussians']} Gaussians, {res['voxels']} voxels, {res['forwards']} forward passes of at "
-              f"most {res['max_points_per_forward']} points, {res['seconds']:.0f} s; peak RSS above imports "
+              f"most {res['max_points_per_forward']} points, {res['seconds']:.0f} s ({res['cpu_seconds']:.0f} CPU s); "
+              f"peak RSS above imports "
               f"{res['measured_bytes'] / 2**20:.0f} MiB (imports: {res['rss_before_bytes'] / 2**20:.0f} MiB)")
         row = common.goal_row("measured peak / planner estimate (with margin)", ratio, 1.0)
         row["expected_ratio"] = res["measured_bytes"] / budget["expected_bytes"]
