@@ -40,7 +40,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", action="append", default=[], metavar="PATH",
                    help="adapter folder to load on the same base (repeatable; default: the run's adapter/)")
     p.add_argument("--fragments", action="store_true",
-                   help="Pointcept's test-mode fragments: every Gaussian predicted from its own features")
+                   help="Pointcept's test-mode fragments: every Gaussian predicted from its own features "
+                   "(as many passes as the fullest voxel has Gaussians)")
     p.add_argument("--rotations", type=int, default=1, metavar="N",
                    help="test-time augmentation: N views turned about z, scores averaged (default 1)")
     p.add_argument("--max-points", type=int, metavar="N",
@@ -74,7 +75,7 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/<scene>/<model>/")
     p.add_argument("--base", action="store_true", help="also predict with the base alone")
     p.add_argument("--query", action="append", default=[], metavar="TEXT",
-                   help="lang: a class name to score every Gaussian against (repeatable; needs --embeddings)")
+                   help="lang: a class name to score every Gaussian against (repeatable; its row of the text embeddings)")
     p.add_argument("--embeddings", metavar="FILE",
                    help="lang: text embeddings .npy [C, D] with class names in a .json beside it "
                    "(default: the profile's `model.text_embeddings`)")
