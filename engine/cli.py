@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from engine.errors import Lora3dError
+from engine.errors import Lora3dError, ProfileError
+from engine.families.entry import CliCommand
 from engine.families.registry import family_entries
 from engine.write_errors import is_disk_problem, write_error
 
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--measure", action="store_true", help="run a few real steps and record measured peak memory")
     p.add_argument("--write", action="store_true", help="with --measure: write the measured numbers into the profile")
+    p.add_argument("--inference", action="store_true",
+                   help="inference mode: the points one forward pass without gradients may take (predict, eval)")
+    p.add_argument("--scene-points", type=int, metavar="N", help="with --inference: the scene's Gaussians")
+    p.add_argument("--memory-gb", type=float, metavar="GB", help="with --inference: the memory budget (default: the device's)")
     p.set_defaults(func=_lazy("engine.commands:cmd_plan"))
 
     p = profile_cmd("data-check", "scan the profile's data folder: counts, points, labels, problems")
@@ -233,12 +238,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory")
     p.set_defaults(func=_lazy("engine.commands:cmd_demo"))
 
-    for entry in entries.values():
+    declared: dict[str, dict[str, CliCommand]] = {}
+    for family, entry in entries.items():
         for command in entry.commands:
-            p = sub.add_parser(command.name, help=command.help, description=command.help)
+            declared.setdefault(command.name, {})[family] = command
+    for name, owners in declared.items():
+        if len(owners) == 1:
+            command = next(iter(owners.values()))
+            p = sub.add_parser(name, help=command.help, description=command.help)
             command.arguments(p)
             p.set_defaults(func=_lazy(command.run))
+            continue
+        # Several families declare it (e.g. `eval`, `predict`): the run directory names the family.
+        help = f"{next(iter(owners.values())).help} ({', '.join(owners)})"
+        p = sub.add_parser(name, help=help, description=f"{help}. `lora3d {name} RUN_DIR --help` lists the options "
+                           "of the run's family.")
+        p.add_argument("run_dir", metavar="RUN_DIR", help="run directory, adapter folder of a run, or profile")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help="the family's options")
+        p.set_defaults(func=_per_family(name, owners))
     return parser
+
+
+def _per_family(name: str, owners: dict[str, CliCommand]) -> Callable[[argparse.Namespace], int]:
+    """A command several families declare: parsed and run by the family of the run directory it is given.
+
+    NOTE: such commands take the run directory (or profile) as their first positional, `run_dir`.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        from engine.families.evaluation import family_of_source  # lazy: reads the run's profile only when run
+
+        family = family_of_source(args.run_dir)
+        if family not in owners:
+            raise ProfileError(
+                f"{args.run_dir}: `lora3d {name}` is not available for the {family} family, got a {family} run. "
+                f"It is for {', '.join(owners)} runs."
+            )
+        command = owners[family]
+        parser = argparse.ArgumentParser(prog=f"lora3d {name}", description=f"{command.help} ({family})")
+        command.arguments(parser)
+        return _lazy(command.run)(parser.parse_args([args.run_dir, *args.rest]))
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from engine.families.registry import family_entries
 from engine.memory.estimate import GIB
 from engine.memory.fingerprint import hardware_fingerprint
 from engine.memory.hostram import check_host_ram
-from engine.memory.plan import Plan, hardware_for_plan, plan_recipe
+from engine.memory.plan import Plan, hardware_for_plan, plan_inference, plan_recipe
 from engine.memory.probe import Candidate, correction_factor, probe_recipe
 from engine.profile import read_yaml, save_profile_data
 
@@ -153,6 +153,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.profile, args.set)
     profile = recipe.profile
     hardware = hardware_for_plan()
+    if getattr(args, "inference", False):
+        return _plan_inference(args, recipe, hardware)
     plan = plan_recipe(recipe, hardware)
     plan.warnings.extend(check_host_ram(recipe, hardware))
     measurements = []
@@ -181,6 +183,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     _print_plan(profile, plan, measurements, measured_record, getattr(args, "write", False))
+    return 0
+
+
+def _plan_inference(args: argparse.Namespace, recipe: Any, hardware: Any) -> int:
+    """`lora3d plan PROFILE --inference [--scene-points N] [--memory-gb GB] [--json]`."""
+    budget_bytes = int(args.memory_gb * GIB) if args.memory_gb else None
+    budget = plan_inference(recipe, hardware, args.scene_points, budget_bytes)
+    if args.json:
+        print(json.dumps(budget.to_dict(), indent=2))
+        return 0
+    console = _console()
+    scene = f", scene of {budget.scene_tokens} points" if budget.scene_tokens else ""
+    table = Table(title=f"inference memory: {recipe.profile.model.family}, {budget.max_tokens} points per forward "
+                  f"pass ({budget.device}{scene})")
+    table.add_column("part")
+    table.add_column("bytes", justify="right")
+    labels = {"expected": "one forward pass, peak", "scene": "scene buffers (host)"}
+    for key, value in budget.parts.items():
+        table.add_row(labels.get(key, key), _fmt(value))
+    table.add_row("needed" + (" (forward + scene buffers)" if budget.device == "cpu" else " (on the GPU)"),
+                  _fmt(budget.expected_bytes))
+    table.add_row("[bold]with 10% margin[/]", f"[bold]{_fmt(budget.estimate_bytes)}[/]")
+    console.print(table)
+    verdict = "[green]fits[/]" if budget.fits else "[red]does not fit[/]"
+    whole = budget.scene_tokens is not None and budget.max_tokens >= budget.scene_tokens
+    console.print(f"verdict: {verdict} in {_fmt(budget.budget_bytes)}; "
+                  + ("the scene runs whole" if whole else f"forward passes of at most {budget.max_tokens} points "
+                     "(larger scenes run in chunks)"))
+    for note in budget.notes:
+        console.print(f"  note: {escape(note)}")
     return 0
 
 

@@ -307,6 +307,16 @@ class Family:
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         raise NotImplementedError
 
+    def inference_memory(self, recipe: Recipe, tokens: int, scene_tokens: int | None = None,
+                         device: str = "cpu") -> dict[str, int]:
+        """Bytes of one forward pass without gradients over `tokens` tokens (prediction, evaluation).
+
+        Returns the parts in bytes with `expected` (the device's peak) and, when the family holds a whole
+        scene of `scene_tokens` on the host while it runs in chunks, `scene` (host bytes).
+        `engine.families.inference_budget` sizes forward passes with it.
+        """
+        raise NotImplementedError
+
     def prerequisites(self, recipe: Recipe) -> list[Prerequisite]:
         """Cached files the recipe needs that a training run builds (a demo base); built before `build_model`."""
         return []

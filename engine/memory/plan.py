@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.families.base import Lever, Recipe
+from engine.families.inference_budget import InferenceBudget, inference_budget
 from engine.hardware import GpuInfo, HardwareInfo, probe_hardware
 from engine.memory.estimate import GIB, Estimate, correction_for, estimate_description
 from engine.memory.tiers import TierRecommendation, recommend_tier
@@ -142,6 +143,20 @@ def plan_recipe(recipe: Recipe, hardware: HardwareInfo | None = None) -> Plan:
     warnings = [tier.warning] if tier.warning else []
     return Plan(current, device, device_bytes, hardware.host_ram_bytes, budget, current.estimate_bytes <= budget,
                 recommendation, tier, warnings)
+
+
+def plan_inference(recipe: Recipe, hardware: HardwareInfo | None = None, scene_points: int | None = None,
+                   budget_bytes: int | None = None) -> InferenceBudget:
+    """The planner's inference mode: the most points one forward pass without gradients may take here.
+
+    The device is chosen as for training (`train.device`, else a GPU when there is one); the budget is the
+    smallest GPU's memory, or host RAM less the reserve on a CPU, unless `budget_bytes` is given. With
+    `scene_points`, the scene's host buffers count on a CPU and a scene that fits whole is run whole;
+    `predict` and `eval` cut a larger scene into chunks of `max_tokens`.
+    """
+    hardware = hardware if hardware is not None else hardware_for_plan()
+    device = "cpu" if hardware.cpu_mode or recipe.profile.train.device == "cpu" else "cuda"
+    return inference_budget(recipe, device, budget_bytes, scene_points, hardware)
 
 
 def _recommend(per_process: int, processes: int, tier: TierRecommendation, budget: int, device: str,

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from engine.families.entry import CliCommand, FamilyEntry
-from engine.families.scenesplat.commands import import_3dgs_arguments
+from engine.families.scenesplat.commands import eval_arguments, import_3dgs_arguments, predict_arguments
 
 ENTRY = FamilyEntry(
     name="scenesplat",
@@ -19,6 +19,10 @@ ENTRY = FamilyEntry(
     commands=(
         CliCommand("import-3dgs", "convert INRIA 3DGS .ply file(s) into SceneSplat scene folder(s)",
                    import_3dgs_arguments, "engine.families.scenesplat.commands:cmd_import_3dgs"),
+        CliCommand("eval", "evaluate a run's base and adapters: full-scene mIoU/mAcc/allAcc, per-class table",
+                   eval_arguments, "engine.families.scenesplat.commands:cmd_eval"),
+        CliCommand("predict", "label new scenes (folders or 3DGS .ply): .npy, recoloured .ply, PNG renders",
+                   predict_arguments, "engine.families.scenesplat.commands:cmd_predict"),
     ),
     demo="engine.families.scenesplat.demo:run_demo",
     merged_formats="""\

@@ -21,7 +21,7 @@ from engine.errors import CheckpointError
 from engine.families.base import Family, MemoryDescription, Prerequisite, Recipe, WizardSpec
 from engine.families.scenesplat import adapters, datacheck, datasets
 from engine.families.scenesplat.data import collate_scenes
-from engine.families.scenesplat.memory import describe_memory
+from engine.families.scenesplat.memory import describe_memory, inference_memory
 from engine.families.scenesplat.options import (
     DEMO_TINY_CONFIG,
     SceneSplatDataOptions,
@@ -185,6 +185,10 @@ class SceneSplatFamily(Family):
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         return describe_memory(recipe)
+
+    def inference_memory(self, recipe: Recipe, tokens: int, scene_tokens: int | None = None,
+                         device: str = "cpu") -> dict[str, int]:
+        return inference_memory(recipe, device_type=device, points=tokens, scene_points=scene_tokens)
 
     # ---------------------------------------------------------------- adapters
     def save_adapter(self, model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:

@@ -58,6 +58,10 @@ _INPUT_BYTES_PER_POINT = 12 + 24 + 8 + 8
 """coord (3 x fp32), grid_coord (3 x int64), segment and batch index (int64) per point."""
 _GLIBC_MMAP_MAX = 32 * 1024**2
 """glibc's largest dynamic mmap threshold (64-bit): smaller blocks come from the heap."""
+PREDICT_HOST_BYTES_PER_GAUSSIAN = 400
+"""Host bytes per Gaussian that full-scene prediction holds while the model runs on its chunks: the scene's
+arrays as stored and as features, the voxel keys and the inverse, the score rows, the labels; measured by
+scripts/bench/bench_scenesplat_predict.py (docs/benchmarks.md)."""
 _CPU_HEAP_RETENTION = 1.5
 """Peak RSS above the live tensors, per byte of small (heap) tensors alive at once; measured at 4k-50k
 points of the SceneSplat shape (1.43, 1.52, 1.63), see `inference_memory`."""
@@ -338,8 +342,13 @@ def _forward_phases(cfg: dict[str, Any], points: int, head_width: int, device_ty
     return phases
 
 
-def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None = None) -> dict[str, int]:
+def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None = None, points: int | None = None,
+                     scene_points: int | None = None) -> dict[str, int]:
     """Peak bytes of one forward pass without gradients (prediction, evaluation) at the recipe's points.
+
+    `points` replaces the recipe's points per scene (a chunk of a larger scene); with `scene_points`,
+    `scene` adds the host bytes full-scene prediction holds for a scene of that many Gaussians
+    (`PREDICT_HOST_BYTES_PER_GAUSSIAN` each; not part of `expected`, which is the device's peak).
 
     Parts: `weights` (every parameter in fp32, LoRA unmerged included), `inputs` and `index` (per
     point, as in training), `activations` (`_forward_phases`: the most tensors alive at once, each
@@ -356,7 +365,8 @@ def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None =
     cfg = _config(options.backbone)
     description = describe_memory(recipe)
     device_type = device_type or profile.device_type
-    points = description.tokens_per_sample * batch_size
+    per_sample = points or description.tokens_per_sample
+    points = per_sample * batch_size
     head = options.num_classes if options.task == "semseg" else output_width(cfg)
     inputs = points * description.input_bytes_per_token
     index = points * description.index_bytes_per_token
@@ -369,9 +379,11 @@ def inference_memory(recipe: Any, batch_size: int = 1, device_type: str | None =
         "inputs": int(inputs),
         "index": int(index),
         "activations": int(live),
-        "search": int(batch_size * _search_bytes(profile, description.tokens_per_sample)),
+        "search": int(batch_size * _search_bytes(profile, per_sample)),
         "heap_retention": int(_CPU_HEAP_RETENTION * small) if device_type == "cpu" else 0,
     }
     parts["expected"] = (parts["weights"] + parts["inputs"] + parts["index"]
                          + max(parts["activations"] + parts["heap_retention"], parts["search"]))
+    if scene_points is not None:
+        parts["scene"] = int(scene_points * PREDICT_HOST_BYTES_PER_GAUSSIAN)
     return parts

@@ -364,6 +364,9 @@ class GridSample(Transform):
     `grid_coord = floor(coord / grid_size) - min` over the scene (Pointcept `return_grid_coord`).
     In "train" mode the kept point of each voxel is drawn at random; in "val"/"test" mode it is the
     point with the lowest index, so the result is deterministic. Kept points stay in input order.
+    With `return_inverse`, `inverse` (N,) int64 gives, for every input point, the output row of its
+    voxel's kept point (Pointcept's `return_inverse`): `output[key][inverse]` carries per-voxel values
+    back to every input point.
     """
 
     def __init__(
@@ -372,6 +375,7 @@ class GridSample(Transform):
         mode: str = "train",
         keys: Sequence[str] = POINT_KEYS,
         seed: int | None = None,
+        return_inverse: bool = False,
     ) -> None:
         super().__init__(seed)
         if mode not in ("train", "val", "test"):
@@ -379,14 +383,10 @@ class GridSample(Transform):
         self.grid_size = grid_size
         self.mode = mode
         self.keys = tuple(keys)
+        self.return_inverse = return_inverse
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        coord = sample["coord"]
-        grid = np.floor(coord.astype(np.float64) / self.grid_size).astype(np.int64)
-        lo, hi = _bounds(grid)
-        grid -= lo
-        dims = hi - lo + 1
-        key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
+        grid, key = voxel_keys(sample["coord"], self.grid_size)
         if self.mode == "train" and int(key.max()) < 1 << (62 - _TIE_BITS):
             # Random point per voxel: sort voxel keys with random low bits appended (one int64 argsort,
             # 3x faster than lexsort on 1M points); equal draws are broken arbitrarily.
@@ -405,7 +405,27 @@ class GridSample(Transform):
         out = _select(sample, index, self.keys)
         # min over the kept points equals the min over all points: every voxel keeps one point.
         out["grid_coord"] = grid[index]
+        if self.return_inverse:
+            # Voxel v (in key order) keeps point order[first][v], which sits at row rank(that point)
+            # of the output; every point of voxel v maps to that row.
+            row = np.cumsum(keep) - 1
+            inverse = np.empty(len(order), dtype=np.int64)
+            inverse[order] = row[order[first]][np.cumsum(first) - 1]
+            out["inverse"] = inverse
         return out
+
+
+def voxel_keys(coord: np.ndarray, grid_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel of every point: `grid` (N, 3) int64 from 0 and one int64 `key` per voxel (row-major).
+
+    `grid = floor(coord / grid_size) - min` (the scene's grid, Pointcept's `grid_coord`).
+    """
+    grid = np.floor(coord.astype(np.float64) / grid_size).astype(np.int64)
+    lo, hi = _bounds(grid)
+    grid -= lo
+    dims = hi - lo + 1
+    key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
+    return grid, key
 
 
 class SphereCrop(Transform):

@@ -51,3 +51,28 @@ def write_base_checkpoint(path: Path, num_classes: int = 6, seed: int = 0, ddp: 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 1, "state_dict": keys}, path)
     return state
+
+
+def train_tiny_run(root: Path, task: str = "semseg", num_classes: int = 6, seed: int = 0) -> Path:
+    """A completed 2-step LoRA run of TINY on its own random base (`root/base.pth`): `root/run`.
+
+    `lang` trains on synthetic rooms with 32-d language features (demo-tiny's output width) and evaluates
+    zero-shot against the synthetic text table.
+    """
+    from engine.train.trainer import train
+
+    base = root / "base.pth"
+    root.mkdir(parents=True, exist_ok=True)
+    if task == "semseg":
+        write_base_checkpoint(base, num_classes=num_classes, seed=seed)
+    else:
+        torch.manual_seed(seed)
+        from engine.models.ptv3 import PTv3LanguageModel
+
+        torch.save({"epoch": 1, "state_dict": PTv3LanguageModel(dict(DEMO_TINY_CONFIG)).state_dict()}, base)
+    model = {"task": task, "pretrained": str(base)}
+    if task == "semseg" and num_classes != 6:
+        model["num_classes"] = num_classes
+    recipe = resolve_recipe(tiny_profile_data(root, model=model, train={"seed": seed}), source="tiny.yaml")
+    train(recipe, install_signal_handlers=False)
+    return root / "run"
