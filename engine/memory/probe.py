@@ -1,41 +1,30 @@
 """Provides the measured memory probe: a few real training steps per candidate, each in its own process.
 
 Each candidate (rank, micro-batch, checkpointing, precision) runs in a fresh child process
-(`python -m engine.memory.probe REQUEST.json`), so one candidate's peak never contaminates the next.
-The child builds the family's model with LoRA, takes the first micro-batch of the real training data
-and runs `steps` forward/backward/AdamW steps on it.
-
-What is measured:
-- CUDA: `torch.cuda.max_memory_allocated` and `max_memory_reserved`, and NVML's figure for the child
-  process (allocator plus CUDA context), which is what the device must hold.
-- CPU: the resident-set high-water mark of the steps (Linux `VmHWM`, reset just before the steps
-  through `/proc/self/clear_refs`; `ru_maxrss` elsewhere) minus the RSS just before them, plus the
-  bytes of the model's tensors (resident before the reset). Data loading and model building are left
-  out, so their transient peaks do not count.
+(`python -m engine.train.memory_probe REQUEST.json`), so one candidate's peak never contaminates the next.
+The child runs the candidate's profile through the Trainer, the loop `lora3d train` runs, for `steps` steps
+of one micro-batch each, and reads the peak with the Trainer's hooks (see `engine.train.memory_probe` for
+what is measured on CUDA and on the CPU). The child is a process, not an import: the memory layer sits below
+the trainer.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from engine.families.base import Recipe
-from engine.families.recipe import resolve_recipe
-from engine.lora.inject import apply_lora_spec
-from engine.memory.estimate import CUDA_CONTEXT_BYTES, estimate_recipe
+from engine.memory.estimate import estimate_recipe
 
 PROBE_STEPS = 2
+PROBE_CHILD = "engine.train.memory_probe"
+"""The child's module (run with `python -m`)."""
 PROBE_TIMEOUT_S = 600
 
 
@@ -82,6 +71,17 @@ class Measurement:
         return out
 
 
+def probe_profile(trial: Recipe, device: str, steps: int, run_dir: Path) -> dict[str, Any]:
+    """The candidate's resolved profile, set up for the probe: `steps` steps of one micro-batch each (the peak
+    does not depend on accumulation), on `device`, with no out-of-memory recovery (an OOM must fail the
+    candidate, not halve it), no evaluation or checkpoint schedule, into a temporary run directory."""
+    data = trial.profile.to_yaml_dict()
+    data["train"].update(max_steps=steps, grad_accum=1, oom_recovery=False, eval_every=None, checkpoint_every=None,
+                         device=device)
+    data["output"].update(dir=str(run_dir), tensorboard=False)
+    return data
+
+
 def probe_candidate(recipe: Recipe, candidate: Candidate, device: str, steps: int = PROBE_STEPS,
                     timeout_s: float = PROBE_TIMEOUT_S) -> Measurement:
     """Runs `steps` training steps of `recipe` at `candidate` in a child process and reads its peak."""
@@ -92,15 +92,13 @@ def probe_candidate(recipe: Recipe, candidate: Candidate, device: str, steps: in
     with tempfile.TemporaryDirectory(prefix="lora3d-probe-") as tmp:
         request = Path(tmp) / "request.json"
         answer = Path(tmp) / "answer.json"
-        data = trial.profile.to_yaml_dict()
-        data["output"]["dir"] = str(Path(tmp) / "run")
-        data["output"]["tensorboard"] = False
+        data = probe_profile(trial, device, steps, Path(tmp) / "run")
         request.write_text(json.dumps({"profile": data, "device": device, "steps": steps, "answer": str(answer)}))
         env = dict(os.environ)
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         try:
-            proc = subprocess.run([sys.executable, "-m", "engine.memory.probe", str(request)], capture_output=True,
+            proc = subprocess.run([sys.executable, "-m", PROBE_CHILD, str(request)], capture_output=True,
                                   text=True, timeout=timeout_s, env=env)
         except subprocess.TimeoutExpired:
             result.error = f"timed out after {timeout_s:.0f} s"
@@ -136,21 +134,7 @@ def correction_factor(measurements: list[Measurement]) -> float | None:
     return round(max(ratios), 3) if ratios else None
 
 
-# ---------------------------------------------------------------------------------- the child process
-def _tensor_bytes(modules: list[Any]) -> int:
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        if module is None:
-            continue
-        for t in list(module.parameters()) + list(module.buffers()):
-            if t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
-
-
+# ---------------------------------------------------------------------------------- peak resident set (Linux)
 def proc_status_bytes(field_name: str) -> int | None:
     """A memory field of /proc/self/status (`VmRSS`, `VmHWM`) in bytes; None off Linux."""
     try:
@@ -169,93 +153,3 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def _nvml_process_bytes() -> int | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        import torch
-
-        index = torch.cuda.current_device()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible:
-            first = visible.split(",")[index].strip()
-            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(first)) if first.isdigit()
-                      else pynvml.nvmlDeviceGetHandleByUUID(first))
-        else:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory:
-                return int(proc.usedGpuMemory)
-    except Exception:  # NVML is optional: the allocator's numbers stand without it
-        return None
-    return None
-
-
-def run_child(request: dict[str, Any]) -> dict[str, Any]:
-    """The child's work: build, take one micro-batch, run the steps, report the peak."""
-    recipe = resolve_recipe(request["profile"], source="<probe>")
-    profile, family = recipe.profile, recipe.family
-    device = torch.device("cuda" if request["device"] == "cuda" else "cpu")
-    torch.manual_seed(profile.train.seed)
-    model = apply_lora_spec(family.build_model(recipe), recipe.lora)
-    if profile.train.gradient_checkpointing:
-        family.set_gradient_checkpointing(model, True)
-    train_ds, _ = family.build_datasets(recipe)
-    micro = profile.train.batch_size
-    batch = family.collate([train_ds[i % len(train_ds)] for i in range(micro)])
-    from accelerate.utils import send_to_device
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.to(device)
-    frozen = getattr(model, "midi_frozen", None)
-    if frozen is not None and hasattr(frozen, "to"):
-        frozen.to(device)
-    batch = send_to_device(batch, device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=profile.train.lr)
-    precision = profile.train.mixed_precision
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    weights = _tensor_bytes([model] + [getattr(frozen, n, None) for n in ("vae", "clip", "dino")])
-    gc.collect()
-    hwm_reset = device.type == "cpu" and reset_peak_rss()
-    rss_before = proc_status_bytes("VmRSS") or 0
-    t0 = time.perf_counter()
-    tokens = 0
-    for _ in range(int(request["steps"])):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = recipe.task.loss(model, batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens = out.num_tokens
-    answer: dict[str, Any] = {"seconds": time.perf_counter() - t0, "tokens": tokens,
-                              "extra": {"weights_bytes": weights, "trainable": sum(p.numel() for p in params)}}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        answer["allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        answer["reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
-        answer["nvml_bytes"] = _nvml_process_bytes()
-        answer["measured_bytes"] = answer["nvml_bytes"] or answer["reserved_bytes"] + CUDA_CONTEXT_BYTES
-    else:
-        peak = proc_status_bytes("VmHWM") if hwm_reset else None
-        if peak is None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        answer["extra"]["rss_increase_bytes"] = int(peak - rss_before)
-        answer["measured_bytes"] = int(peak - rss_before + weights)
-    return answer
-
-
-def main(argv: list[str]) -> int:
-    request = json.loads(Path(argv[0]).read_text())
-    answer = run_child(request)
-    Path(request["answer"]).write_text(json.dumps(answer))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,10 +1,12 @@
 """Provides MidiFamily: LoRA fine-tuning of the MIDI-3D / TripoSG rectified-flow DiT as a lora3d family plugin.
 
 The base is a local MIDI-3D or TripoSG pipeline folder (`model.pretrained`, loaded by
-`engine.models.dit.pipeline.load_pipeline`); an empty `model.pretrained` uses a tiny random pipeline
-(smoke tests). Only LoRA on the DiT's attention projections trains; the VAE, CLIP and DINOv2 stay frozen,
-and their outputs are cached on disk (engine/families/midi/latents.py). The family's keys are in `options`,
-the objective and evaluation in `task`, the memory description in `memory`.
+`engine.models.dit.pipeline.load_pipeline`); an empty `model.pretrained` uses the demo's tiny pretrained
+base with `model.demo_base` (built by two training runs, `demo_base`), else a tiny random pipeline (smoke
+tests). Only LoRA on the DiT's attention projections trains; the VAE, CLIP and DINOv2 stay frozen, and
+their outputs are cached on disk (engine/families/midi/latents.py). The family's keys are in `options`,
+the objectives and evaluation in `task` (`flow`) and `demo_vae` (`vae`: the demo's VAE pretraining), the
+memory description in `memory`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from engine.atomic import atomic_file, atomic_folder, publish_folder
 from engine.errors import CheckpointError
-from engine.families.base import Family, MemoryDescription, Recipe, WizardSpec
+from engine.families.base import Family, MemoryDescription, Prerequisite, Recipe, WizardSpec
 from engine.families.midi.data import (
     MidiSceneDataset,
     collate_scenes,
@@ -28,9 +30,19 @@ from engine.families.midi.data import (
     split_scene_folders,
     synthetic_prepared_scenes,
 )
+from engine.families.midi.demo_base import base_prerequisites
+from engine.families.midi.demo_vae import (
+    ShapeSample,
+    VaeTask,
+    collate_shapes,
+    describe_vae_memory,
+    load_vae,
+    vae_datasets,
+)
 from engine.families.midi.latents import FrozenParts
 from engine.families.midi.memory import describe_memory
 from engine.families.midi.options import (
+    DEMO_BASE_SETTINGS,
     MIDI_MI_BLOCKS,
     MidiDataOptions,
     MidiLoraOptions,
@@ -64,7 +76,7 @@ def ensure_tiny_base(folder: Path, seed: int) -> Path:
 class MidiFamily(Family):
     name = "midi"
     label = "MIDI-3D: rectified-flow DiT (TripoSG) for multi-instance 3D scenes"
-    tasks = ("flow",)
+    tasks = ("flow", "vae")
     default_task = "flow"
     model_options = MidiModelOptions
     data_options = MidiDataOptions
@@ -91,12 +103,14 @@ class MidiFamily(Family):
     def build_recipe(self, profile: Profile, notes: list[str], source: str) -> Recipe:
         options = resolve_options(profile)
         model, data, lora = profile.model, profile.data, profile.lora
-        if model.pretrained is None:
+        if model.pretrained is None and not model.demo_base:
             notes.append("`model.pretrained` is empty: the base is a tiny random pipeline (smoke tests only)")
         evaluation = EvalSettings(profile.train.seed, tuple(data.eval_sigmas), data.eval_chamfer_scenes,
                                   data.eval_sample_steps, data.eval_guidance_scale, data.eval_octree_resolution)
-        task = FlowTask(model.num_tokens, model.cfg_dropout, model.logit_mean, model.logit_std, model.weighting,
-                        evaluation, data.eval_chamfer_every)
+        task: Any = FlowTask(model.num_tokens, model.cfg_dropout, model.logit_mean, model.logit_std, model.weighting,
+                             evaluation, data.eval_chamfer_every)
+        if model.task == "vae":
+            task = VaeTask(model.num_tokens)
         spec = LoraSpec(
             method=lora.method, r=lora.r, alpha=lora.alpha or lora.r, dropout=lora.dropout,
             targets=DiTAttention(tuple_or_none(lora.target_blocks), options.attention_kinds,
@@ -108,6 +122,12 @@ class MidiFamily(Family):
         return Recipe(self, profile, task, spec, options, tuple(notes), source)
 
     # ------------------------------------------------------------------ model
+    def prerequisites(self, recipe: Recipe) -> list[Prerequisite]:
+        model = recipe.profile.model
+        if model.pretrained is not None or not model.demo_base:
+            return []
+        return base_prerequisites(DEMO_BASE_SETTINGS)
+
     def load_frozen(self, recipe: Recipe) -> FrozenParts:
         """The frozen VAE and encoders of the recipe's base (loaded once per recipe)."""
         if not recipe.options.frozen:
@@ -117,8 +137,13 @@ class MidiFamily(Family):
     def build_model(self, recipe: Recipe) -> nn.Module:
         options, model_options = recipe.options, recipe.profile.model
         folder = options.pretrained
-        if model_options.pretrained is None:
+        if model_options.pretrained is None and model_options.demo_base and not folder.is_dir():
+            raise CheckpointError(f"{folder}: the demo base is missing. Run the profile through `lora3d train` or "
+                                  "`lora3d demo midi` (they build it on first use), or set `model.pretrained`.")
+        if model_options.pretrained is None and not model_options.demo_base:
             ensure_tiny_base(folder, model_options.tiny_seed)
+        if model_options.task == "vae":
+            return load_vae(folder)
         pipe = load_pipeline(folder, dtype=torch.float32)
         dit = pipe.transformer
         dit.set_multi_instance_attention(list(options.mi_blocks))
@@ -157,6 +182,8 @@ class MidiFamily(Family):
 
     def build_datasets(self, recipe: Recipe):
         profile = recipe.profile
+        if profile.model.task == "vae":
+            return vae_datasets(recipe)
         train_folders, val_folders = self.scene_folders(recipe)
         common = {
             "slots": profile.model.num_instances_per_batch, "seed": profile.train.seed,
@@ -169,7 +196,7 @@ class MidiFamily(Family):
         return train, val
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:
-        return collate_scenes(samples)
+        return collate_shapes(samples) if isinstance(samples[0], ShapeSample) else collate_scenes(samples)
 
     def data_check(self, recipe: Recipe):
         profile = recipe.profile
@@ -178,7 +205,7 @@ class MidiFamily(Family):
                            profile.model.num_instances_per_batch, profile.data.num_samples)
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
-        return describe_memory(recipe)
+        return describe_vae_memory(recipe) if recipe.profile.model.task == "vae" else describe_memory(recipe)
 
     def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
         # What the build resolved (the profile's `mi_blocks` may be empty = MIDI's default for this depth).

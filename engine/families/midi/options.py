@@ -7,6 +7,7 @@ blocks, and `check_profile` lists every problem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ class MidiModelOptions(BaseModel):
         default="fp32", description="Dtype of the frozen DiT base weights; LoRA weights stay fp32."
     )
     tiny_seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the tiny random base used when `model.pretrained` is empty.")
+    demo_base: bool = Field(
+        default=False,
+        description="With an empty `model.pretrained`: load the demo's tiny base (its VAE and DiT pretrained on "
+        "synthetic scenes by two training runs, built and cached under $LORA3D_CACHE on first use).",
+    )
 
 
 class MidiDataOptions(BaseModel):
@@ -98,7 +104,8 @@ class MidiOptions:
     """What the family derives from a resolved profile, once.
 
     Attributes:
-        pretrained: the base pipeline folder (the cached tiny random base when `model.pretrained` is empty).
+        pretrained: the base pipeline folder; with an empty `model.pretrained` the cached demo base
+            (`model.demo_base`) or the cached tiny random base.
         transformer: the DiT's config (`transformer/config.json`), with `use_cross_attention_2` filled in.
         mi_blocks: the multi-instance self-attention blocks.
         attention_kinds: the attentions LoRA adapts (the kinds this DiT has, unless the profile names some).
@@ -117,6 +124,48 @@ class MidiOptions:
     @property
     def num_layers(self) -> int:
         return int(self.transformer.get("num_layers", 21))
+
+
+DEMO_BASE_SETTINGS: dict[str, Any] = {
+    "variant": "full",
+    "seed": 0,
+    "num_tokens": 32,
+    "num_instances_per_batch": 4,
+    "mi_blocks": [1],
+    "cfg_dropout": 0.1,
+    "points": 1024,
+    "image": 64,
+    "vae_scenes": 24,
+    "vae_steps": 1000,
+    "vae_batch": 16,
+    "vae_lr": 0.003,
+    "a_scenes": 16,
+    "base_steps": 600,
+    "base_batch": 4,
+    "base_lr": 0.002,
+}
+"""How the demo's tiny base is built (`engine.families.midi.demo_base`): the VAE's run (`vae_*`, on `vae_scenes`
+synthetic scenes per domain) and the DiT's run (`base_*`, on `a_scenes` domain-A scenes); the cache keys hash these."""
+
+_VAE_KEYS = ("seed", "num_tokens", "points", "vae_scenes", "vae_steps", "vae_batch", "vae_lr")
+DEMO_BASE_VERSION = 3
+"""Bumped when the way the demo base is built changes, so older cached bases are not reused."""
+
+
+def _settings_key(settings: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
+    chosen = {k: settings[k] for k in keys} if keys else settings
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def demo_vae_path(settings: dict[str, Any]) -> Path:
+    """Where the tiny pipeline with the demo's trained VAE (the first run's result) is cached."""
+    return cache_root() / f"midi-demo-vae-v{DEMO_BASE_VERSION}-{_settings_key(settings, _VAE_KEYS)}"
+
+
+def demo_base_path(settings: dict[str, Any]) -> Path:
+    """Where the demo's base pipeline (trained VAE and DiT) built with `settings` is cached."""
+    quick = "-quick" if settings["variant"] == "quick" else ""
+    return cache_root() / f"midi-demo-base-v{DEMO_BASE_VERSION}{quick}-{_settings_key(settings)}"
 
 
 def resolve_mi_blocks(mi_blocks: list[int] | None, num_layers: int) -> list[int]:
@@ -161,7 +210,8 @@ def resolve_options(profile: Any) -> MidiOptions:
     if data.enable_latent_cache:
         cache = Path(data.cache_dir) if data.cache_dir else cache_root() / "midi-latents"
     return MidiOptions(
-        pretrained=Path(model.pretrained) if model.pretrained else tiny_base_path(model.tiny_seed),
+        pretrained=Path(model.pretrained) if model.pretrained else (
+            demo_base_path(DEMO_BASE_SETTINGS) if model.demo_base else tiny_base_path(model.tiny_seed)),
         transformer=config,
         mi_blocks=tuple(resolve_mi_blocks(model.mi_blocks, int(config.get("num_layers", 21)))),
         attention_kinds=kinds,
@@ -173,6 +223,13 @@ def check_profile(profile: Any) -> list[str]:
     """Every cross-key problem of a midi profile (task filled in, preset applied)."""
     errors: list[str] = []
     model, lora = profile.model, profile.lora
+    if model.task == "vae":
+        if lora.method != "full":
+            errors.append(f"`lora.method` must be `full` for `model.task: vae` (the VAE trains whole), got {lora.method!r}. "
+                          "Set `lora.method: full`.")
+        if profile.data.root is not None:
+            errors.append(f"`data.root` must be empty for `model.task: vae` (it trains on synthetic primitives of "
+                          f"domains A and B), got {str(profile.data.root)!r}. Remove `data.root`.")
     config = transformer_config(model.pretrained)
     if config is None:
         return errors  # load_pipeline reports the broken folder with its path

@@ -73,7 +73,7 @@ def test_registry_and_family_declarations(midi_env, tmp_path):
     family = get_family("midi")
     assert isinstance(family, MidiFamily)
     task = midi_profile(midi_env, tmp_path).task
-    assert family.tasks == ("flow",) and task.primary_metric == "val_loss" and not task.greater_is_better
+    assert family.tasks == ("flow", "vae") and task.primary_metric == "val_loss" and not task.greater_is_better
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,9 @@ def test_registry_and_family_declarations(midi_env, tmp_path):
         ({"model": {"mi_blocks": [1, 1]}}, "`model.mi_blocks` lists a block twice"),
         ({"lora": {"target_blocks": [0, 5]}}, "`lora.target_blocks` out of range, got [0, 5]"),
         ({"model": {"num_instances_per_batch": 0}}, "`model.num_instances_per_batch`"),
-        ({"model": {"task": "semseg"}}, "`model.task` must be `flow`"),
+        ({"model": {"task": "semseg"}}, "`model.task` is not a midi task, got 'semseg'. Use one of `flow`, `vae`."),
+        ({"model": {"task": "vae"}}, "`lora.method` must be `full` for `model.task: vae`"),
+        ({"model": {"task": "vae"}, "lora": {"method": "full"}}, "`data.root` must be empty for `model.task: vae`"),
         ({"lora": {"target_modules": ["qkv"]}}, "`lora.target_modules` for the DiT must be a subset"),
         ({"model": {"num_tokn": 3}}, "Did you mean `model.num_tokens`?"),
     ],
