@@ -52,15 +52,15 @@ def cmd_wizard(args: argparse.Namespace) -> int:
 def run_plain_wizard(demo: bool, profiles_dir: Path, out=None, answers: dict | None = None) -> int:
     """The questionary path: ask (or take defaults), save, train as a child process, print its events."""
     from engine.hardware import probe_hardware
+    from wizard.choices import default_choice
     from wizard.draft import ProfileDraft, free_run_dir
     from wizard.plain import answers_from, questionary_answer, run_plain, watch_plain
     from wizard.run.launcher import launch_run
 
     out = out or sys.stdout
     draft = ProfileDraft(hardware=probe_hardware())
-    draft.set_family("demo")
     if demo and answers is None:
-        print("accepting every default: the built-in SceneSplat demo", file=out)
+        print(f"accepting every default: {default_choice().label}", file=out)
     answer = answers_from(answers or {}) if demo or answers is not None else questionary_answer
     confirm = None
     if not demo and answers is None:
