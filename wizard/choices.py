@@ -55,7 +55,7 @@ class ModelChoice:
         """What the model screen says about this choice."""
         if not self.demo or self.spec.demo_profile is None:
             return self.spec.description
-        return f"{self.spec.description}\nStarts from the demo profile {display_path(self.spec.demo_profile)}."
+        return f"{self.spec.description}\nStarts from the shipped demo profile {self.spec.demo_profile.name}."
 
     def base_data(self) -> dict[str, Any]:
         """The profile this choice starts from: the demo profile's contents, or the family's new profile."""
@@ -65,14 +65,6 @@ class ModelChoice:
         data.setdefault("schema_version", 1)
         data.setdefault("model", {})["family"] = self.family
         return data
-
-
-def display_path(path: Path) -> str:
-    """`path` relative to the working directory when it is inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def demo_profile_data(path: Path | None) -> dict[str, Any]:

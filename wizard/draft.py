@@ -16,7 +16,7 @@ from engine.memory.fingerprint import hardware_fingerprint
 from engine.memory.tiers import TierRecommendation, recommend_tier
 from engine.profile import Profile
 from engine.profile.load import apply_overrides, parse_overrides
-from wizard.choices import ModelChoice, default_choice, display_path, find_choice
+from wizard.choices import ModelChoice, default_choice, find_choice
 
 if TYPE_CHECKING:  # the recipe pulls in torch and PEFT (seconds): the wizard's first screen does not wait
     from engine.families.base import Recipe
@@ -115,8 +115,8 @@ class ProfileDraft:
                 gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
                 precision=str(train.get("mixed_precision", "no")), max_steps=train.get("max_steps"),
                 lr=train.get("lr"), target_modules=lora.get("target_modules"),
-                reasons=[f"the demo profile's own settings ({display_path(choice.spec.demo_profile)}): "
-                         "sized for any machine, CPU included"],
+                reasons=[f"the demo profile's own settings ({choice.spec.demo_profile.name}): sized for any "
+                         "machine, CPU included"],
             )
         rec = self.tier
         if rec is None:

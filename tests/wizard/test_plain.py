@@ -91,3 +91,19 @@ def test_a_plugin_family_is_a_plain_choice(tmp_path):
     assert path.name == "toy-lora.yaml" and data["model"]["family"] == "toy" and data["lora"]["r"] == 2
     with pytest.raises(ProfileError, match="`model.family` must be one of .*got 'nope'"):
         run_plain(ProfileDraft(hardware=fake_hardware(0)), answers_from({"family": "nope"}), tmp_path)
+
+
+@pytest.mark.slow  # a real child training run of the toy family: about 15 s on 2 busy cores
+def test_plain_wizard_trains_a_plugin_family_and_follows_it(tmp_path, monkeypatch):
+    import io
+
+    from wizard.commands import run_plain_wizard
+
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    code = run_plain_wizard(demo=False, profiles_dir=tmp_path, out=out, answers={"family": "toy"})
+    text = out.getvalue()
+    assert code == 0, text
+    assert f"profile saved to {tmp_path / 'toy-lora.yaml'}" in text
+    assert "start toy-lora (toy/regress) on cpu" in text and "end: completed at step 8" in text
+    assert (tmp_path / "runs" / "toy-lora" / "adapter" / "adapter_config.json").is_file()

@@ -180,6 +180,27 @@ def test_plan_screen_lora_table_and_gpu_count():
     run(go())
 
 
+def test_plan_screen_task_and_preset_come_from_the_family(gpu24):
+    async def go():
+        app = make_app(probe=gpu24, start_screen="plan", family="scenesplat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            task = screen.query_one("#task")
+            assert task.value == "semseg"  # the family's default task first, then its others
+            assert not screen.query_one("#preset-note").display
+            screen.query_one("#preset").value = "standard"
+            await settle(pilot)
+            assert app.draft.plan.preset == "standard"
+            assert "standard: rank 8, attention of every encoder stage" in screen_text(app)
+            screen.query_one("#task").value = "lang"
+            await settle(pilot)
+            assert app.draft.profile_dict()["model"]["task"] == "lang"
+            assert "`model.task`" not in " ".join(screen.errors.values())
+
+    run(go())
+
+
 def test_review_saves_and_asks_before_overwrite(gpu24, tmp_path):
     async def go():
         app = make_app(probe=gpu24, start_screen="review", profiles_dir=tmp_path)

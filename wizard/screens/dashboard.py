@@ -68,7 +68,7 @@ class DashboardScreen(Screen):
         Binding("d", "detach", "Detach"),
         Binding("q", "quit_finished", "Quit", show=False),
         Binding("e", "evaluate", "Evaluate"),
-        Binding("p", "predict", "Predict on a scene"),
+        Binding("p", "predict", "Predict"),
         Binding("1", "tab('curves')", "Curves", show=False),
         Binding("2", "tab('lora')", "LoRA", show=False),
         Binding("3", "tab('log')", "Log", show=False),
@@ -124,7 +124,6 @@ class DashboardScreen(Screen):
         else:
             self._log(f"watching {self.run_dir / 'events.jsonl'}")
         self.set_interval(REDRAW_SECONDS, self._redraw_if_dirty)
-        self._result("evaluate and predict: offered here once the run has ended, when its family has them", "dim")
         self.follow_events()
 
     def on_unmount(self) -> None:
@@ -219,7 +218,6 @@ class DashboardScreen(Screen):
                 if self.adapter_ready and self.actions:
                     offered = ", ".join(f"{self._key_of(a)} {a.label}" for a in self.actions)
                     self._log(f"next: {offered} (Results tab)", style="green")
-                    self._result(f"the run has ended: {offered}", "green")
                 self.refresh_bindings()
                 self.query_one("#last-message", Static).update(Text(f"{note}. q quits.", style="bold green"))
             return
@@ -237,6 +235,7 @@ class DashboardScreen(Screen):
             self._log(f"what to change: {advice}", style="yellow")
             self.query_one("#last-message", Static).update(Text(f"run failed: {advice}", style="bold red"))
             self.query_one(TabbedContent).active = "log"
+            self.refresh_bindings()
 
     def _log(self, text: str, style: str = "") -> None:
         self.log_lines.append(text)
@@ -256,7 +255,7 @@ class DashboardScreen(Screen):
         self.actions = run_actions(family)
         if self.actions:
             offered = ", ".join(f"{self._key_of(a)} {a.label} (lora3d {a.name})" for a in self.actions)
-            self._result(f"once the run has ended: {offered}", "dim")
+            self._result(f"after the run: {offered}; their output appears here", "dim")
         else:
             self._result(f"the {family} family offers no evaluate or predict command", "dim")
         self.refresh_bindings()
@@ -274,6 +273,8 @@ class DashboardScreen(Screen):
         return bool(self.state.end and self.state.end.get("adapter"))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("save", "stop"):
+            return not self.state.finished  # hidden once the run has ended: nothing left to save or stop
         name = {"evaluate": "eval", "predict": "predict"}.get(action)
         if name is None:
             return True
