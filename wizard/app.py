@@ -10,6 +10,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from engine.hardware import HardwareInfo
+from wizard.choices import default_choice, find_choice
 from wizard.draft import REPO_ROOT, ProfileDraft, free_run_dir
 from wizard.messages import StartRun, StepDone
 from wizard.screens import DashboardScreen, DataScreen, HardwareScreen, ModelScreen, PlanScreen, ReviewScreen
@@ -34,7 +35,7 @@ class WizardApp(App[Any]):
 
     def __init__(self, probe: Callable[[], HardwareInfo] | HardwareInfo | None = None, run_dir: Path | None = None,
                  start_screen: str | None = None, profiles_dir: Path | None = None,
-                 overrides: dict[str, Any] | None = None, family: str | None = None) -> None:
+                 overrides: dict[str, Any] | None = None, family: str | None = None, demo: bool = False) -> None:
         super().__init__()
         self.draft = ProfileDraft(overrides=dict(overrides or {}))
         if isinstance(probe, HardwareInfo):
@@ -46,7 +47,8 @@ class WizardApp(App[Any]):
         self.start_screen = start_screen or ("dashboard" if run_dir is not None else "hardware")
         self.profiles_dir = Path(profiles_dir) if profiles_dir is not None else REPO_ROOT / "profiles"
         self.saved_profile: Path | None = None
-        self.draft.set_family(family or "demo")
+        self._start_choice = (family, demo)
+        """The preselected model (None: the model list's default); chosen once the families are read."""
 
     # ------------------------------------------------------------------ state (attributes go down)
     def probe(self) -> HardwareInfo:
@@ -61,7 +63,15 @@ class WizardApp(App[Any]):
 
     def set_hardware(self, hardware: HardwareInfo) -> None:
         self.draft.hardware = hardware
-        self.draft.plan = self.draft.recommended_plan()
+        if self.draft.family is None:
+            self.choose_start_model()
+        else:
+            self.draft.plan = self.draft.recommended_plan()
+
+    def choose_start_model(self) -> None:
+        """Chooses the preselected model, or the list's default (reads the families: seconds the first time)."""
+        family, demo = self._start_choice
+        self.draft.choose(default_choice() if family is None else find_choice(family, demo))
 
     # ------------------------------------------------------------------ flow (messages come up)
     def on_mount(self) -> None:
@@ -74,6 +84,8 @@ class WizardApp(App[Any]):
             raise ValueError(f"unknown start_screen {self.start_screen!r}; use one of {list(SCREENS_IN_ORDER)}")
         if self.draft.hardware is None and self.start_screen != "hardware":
             self.set_hardware(self.probe())
+        elif self.draft.family is None and self.draft.hardware is not None:
+            self.choose_start_model()
         self.push_screen(SCREENS_IN_ORDER[self.start_screen]())
 
     def on_step_done(self, message: StepDone) -> None:
@@ -101,7 +113,7 @@ class WizardApp(App[Any]):
 
 def make_app(probe: Callable[[], HardwareInfo] | HardwareInfo | None = None, run_dir: Path | str | None = None,
              start_screen: str | None = None, profiles_dir: Path | str | None = None,
-             overrides: dict[str, Any] | None = None, family: str | None = None) -> WizardApp:
+             overrides: dict[str, Any] | None = None, family: str | None = None, demo: bool = False) -> WizardApp:
     """The wizard app.
 
     Args:
@@ -110,8 +122,9 @@ def make_app(probe: Callable[[], HardwareInfo] | HardwareInfo | None = None, run
         start_screen: `hardware` (default), `model`, `data`, `plan`, `review` or `dashboard`.
         profiles_dir: where profiles are saved (default: the checkout's `profiles/`).
         overrides: dotted profile keys applied last (tests shorten the demo with `train.max_steps`).
-        family: the preselected family (`demo` default, `scenesplat`, `midi`).
+        family: the preselected family (default: the model list's first demo).
+        demo: with `family`, start from that family's demo profile.
     """
     return WizardApp(probe=probe, run_dir=Path(run_dir) if run_dir is not None else None,
                      start_screen=start_screen, profiles_dir=Path(profiles_dir) if profiles_dir else None,
-                     overrides=overrides, family=family)
+                     overrides=overrides, family=family, demo=demo)

@@ -1,17 +1,26 @@
 """Provides the slow checks the wizard runs in thread workers: base checkpoint, data, LoRA table, memory plan.
 
-Each returns a plain result object and never raises for a user problem: lora3d errors become `problems`
-the screen lists inline.
+Each takes a snapshot of the draft (`ProfileDraft.snapshot()`), returns a plain result object and never raises
+for a user problem: lora3d errors become `problems` the screen lists inline.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
 
 from engine.errors import Lora3dError
+from engine.profile.load import parse_overrides
 from wizard.draft import ProfileDraft
+from wizard.run.state import format_bytes
+
+if TYPE_CHECKING:  # torch and the recipe load in the check workers, not at the wizard's start
+    from torch import nn
+
+    from engine.families.base import Recipe
 
 
 @dataclass
@@ -28,27 +37,43 @@ def _problem_lines(exc: BaseException) -> list[str]:
     return [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
 
 
-def _table_recipe(draft: ProfileDraft):
-    """The recipe for building a model to inspect: the demo's random base has the same layout."""
-    from engine.families.recipe import resolve_recipe
+def _inspect_model(recipe: Recipe) -> nn.Module:
+    """The recipe's model for inspection, built without training anything.
 
-    data = draft.profile_dict()
-    if draft.family == "demo":
-        data["model"]["demo_base"] = False  # the cached base is pretrained on first use (minutes)
-    return resolve_recipe(data, source="wizard")
+    A recipe whose base is a prerequisite not built yet (a demo's cached base, pretrained on first use in
+    minutes) gets the prerequisite run's own model instead: the same layout with random weights.
+    """
+    from engine.families.recipe import resolve_recipe  # lazy: torch and PEFT, only in the check workers
+
+    missing = [p for p in recipe.family.prerequisites(recipe) if not p.path.exists()]
+    if missing:
+        base = resolve_recipe(dict(missing[0].profile), source=f"<{missing[0].description}>")
+        return recipe.family.build_model(base)
+    return recipe.family.build_model(recipe)
+
+
+def _base_lines(recipe: Recipe) -> list[str]:
+    """What the run will start from when it names no base file: its prerequisites, or a random base."""
+    lines = []
+    for prerequisite in recipe.family.prerequisites(recipe):
+        state = "cached" if prerequisite.path.exists() else "built on first use, by a training run of its own"
+        lines.append(f"base: {prerequisite.description}; {state} ({prerequisite.path})")
+    return lines or ["no base checkpoint: a randomly initialised base (smoke tests only)"]
 
 
 def check_checkpoint(draft: ProfileDraft) -> CheckResult:
-    """Whether `draft.pretrained` exists and loads into the family's model, with a key report."""
+    """Whether `draft.pretrained` exists and loads into the family's model, with a key report.
+
+    Without a path, says what the run starts from instead (a demo's cached base, or a random base).
+    Call it on a snapshot of the draft (`draft.snapshot()`): it runs in a worker thread.
+    """
     path = draft.pretrained
-    if draft.family == "demo":
-        return CheckResult(True, ["the demo uses its cached tiny base (built on first use, about 2 minutes on a CPU)"])
-    if path is None:
-        return CheckResult(True, ["no base checkpoint: a randomly initialised base (smoke tests only)"])
-    if not path.exists():
+    if path is not None and not path.exists():
         return CheckResult(False, problems=[f"{path}: not found. Type the checkpoint file or the pipeline folder."])
     try:
-        recipe = _table_recipe(draft)
+        recipe = draft.recipe()
+        if path is None:
+            return CheckResult(True, _base_lines(recipe))
         model = recipe.family.build_model(recipe)
     except Lora3dError as exc:
         return CheckResult(False, problems=_problem_lines(exc))
@@ -68,17 +93,13 @@ def check_checkpoint(draft: ProfileDraft) -> CheckResult:
         for key in ("num_layers", "width", "num_attention_heads", "in_channels", "cross_attention_dim"):
             if key in config:
                 lines.append(f"{key}: {config[key]}")
-    frozen = getattr(model, "midi_frozen", None)
-    if frozen is not None:
-        lines.append(f"pipeline kind: {getattr(frozen, 'kind', '?')}")
+    lines += [f"note: {note}" for note in getattr(model, "lora3d_notes", None) or []]
     return CheckResult(True, lines, data={"total_params": total})
 
 
 def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
     """The family's data check (counts, problems), rendered as text for the screen."""
     if draft.extra:
-        from engine.profile.load import parse_overrides
-
         try:
             parse_overrides(draft.extra)
         except Lora3dError as exc:
@@ -87,10 +108,12 @@ def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
         return CheckResult(False, problems=[f"{draft.data_root}: folder not found. Type the dataset folder, or clear it "
                                             "to use the built-in synthetic data."])
     try:
-        from rich.console import Console
-
-        recipe = _table_recipe(draft)
-        report = recipe.family.data_check(recipe)
+        recipe = draft.recipe()
+        try:
+            report = recipe.family.data_check(recipe)
+        except NotImplementedError:  # the contract's default: the family declares no data check
+            return CheckResult(True, [f"the {recipe.family.name} family has no data check: its data is read when "
+                                      "training starts"])
         data = report.to_dict()
         console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
         report.render(console)
@@ -105,12 +128,12 @@ def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
 
 def build_lora_table(draft: ProfileDraft) -> CheckResult:
     """Builds the model with LoRA (random base of the same layout) and returns `lora_summary`."""
-    try:
-        from engine.lora.inject import apply_lora_spec
-        from engine.lora.summary import lora_summary
+    from engine.lora.inject import apply_lora_spec  # lazy: torch and PEFT, only in the check workers
+    from engine.lora.summary import lora_summary  # lazy: as above
 
-        recipe = _table_recipe(draft)
-        model = apply_lora_spec(recipe.family.build_model(recipe), recipe.lora)
+    try:
+        recipe = draft.recipe()
+        model = apply_lora_spec(_inspect_model(recipe), recipe.lora)
         summary = lora_summary(model)
     except Lora3dError as exc:
         return CheckResult(False, problems=_problem_lines(exc))
@@ -121,7 +144,7 @@ def build_lora_table(draft: ProfileDraft) -> CheckResult:
 
 def plan_memory(draft: ProfileDraft) -> CheckResult:
     """The memory estimate from `engine.memory.plan` (when this lora3d has it)."""
-    from engine.memory.plan import plan_recipe
+    from engine.memory.plan import plan_recipe  # lazy: the planner imports torch, only in the check workers
 
     try:
         plan = plan_recipe(draft.recipe(), hardware=draft.hardware)
@@ -129,8 +152,6 @@ def plan_memory(draft: ProfileDraft) -> CheckResult:
         return CheckResult(False, problems=_problem_lines(exc))
     except Exception as exc:
         return CheckResult(False, [f"memory estimate failed: {type(exc).__name__}: {exc}"])
-    from wizard.run.state import format_bytes
-
     estimate = plan.estimate
     lines = [f"estimated peak: {format_bytes(estimate.estimate_bytes)}"
              + (f" of {format_bytes(plan.device_bytes)}" if getattr(plan, "device_bytes", None) else "")

@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 from engine.errors import CheckpointError
+from engine.hardware import probe_hardware
+from wizard.choices import default_choice
+from wizard.draft import REPO_ROOT, ProfileDraft, free_run_dir
+from wizard.plain import answers_from, questionary_answer, run_plain, watch_plain
+from wizard.run.actions import run_actions, run_family
+from wizard.run.launcher import launch_run
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -34,10 +40,8 @@ def _report_exit(result) -> int:
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:
-    from wizard.draft import REPO_ROOT
-
     if not args.plain and _is_tty() and not args.demo:
-        from wizard.app import make_app
+        from wizard.app import make_app  # lazy: Textual, which the plain paths never load
 
         app = make_app()
         result = app.run()
@@ -51,20 +55,14 @@ def cmd_wizard(args: argparse.Namespace) -> int:
 
 def run_plain_wizard(demo: bool, profiles_dir: Path, out=None, answers: dict | None = None) -> int:
     """The questionary path: ask (or take defaults), save, train as a child process, print its events."""
-    from engine.hardware import probe_hardware
-    from wizard.draft import ProfileDraft, free_run_dir
-    from wizard.plain import answers_from, questionary_answer, run_plain, watch_plain
-    from wizard.run.launcher import launch_run
-
     out = out or sys.stdout
     draft = ProfileDraft(hardware=probe_hardware())
-    draft.set_family("demo")
     if demo and answers is None:
-        print("accepting every default: the built-in SceneSplat demo", file=out)
+        print(f"accepting every default: {default_choice().label}", file=out)
     answer = answers_from(answers or {}) if demo or answers is not None else questionary_answer
     confirm = None
     if not demo and answers is None:
-        import questionary
+        import questionary  # lazy: prompt_toolkit, only for a person at a terminal
 
         def confirm(path: Path) -> bool:
             return bool(questionary.confirm(f"{path} exists. Overwrite it?", default=False).unsafe_ask())
@@ -72,7 +70,7 @@ def run_plain_wizard(demo: bool, profiles_dir: Path, out=None, answers: dict | N
     path = run_plain(draft, answer, profiles_dir, confirm_overwrite=confirm)
     print(f"profile saved to {path}", file=out)
     if not demo and answers is None:
-        import questionary
+        import questionary  # lazy: as above
 
         if not questionary.confirm("Start training now?", default=True).unsafe_ask():
             print(f"train later with: {draft.train_command(path)}", file=out)
@@ -86,6 +84,10 @@ def run_plain_wizard(demo: bool, profiles_dir: Path, out=None, answers: dict | N
     except KeyboardInterrupt:
         print("\n" + _reattach_hint(run_dir), file=out)
         return EXIT_OK
+    if state.status == "completed":
+        for action in run_actions(run_family(run_dir, state.start)):
+            print(f"next, {action.label}: {action.command_line(run_dir, Path('SCENE'), run_dir / 'predictions')}",
+                  file=out)
     return EXIT_OK if state.status in ("completed", "stopped") else EXIT_FAILED
 
 
@@ -97,10 +99,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{run_dir}: has no events.jsonl, so it is not a lora3d run (yet). "
                               "Pass the folder `lora3d train --out` wrote.")
     if args.plain or not _is_tty():
-        from wizard.plain import watch_plain
-
         state = watch_plain(run_dir, sys.stdout)
         return EXIT_OK if state.status in ("completed", "stopped", "running") else EXIT_FAILED
-    from wizard.app import make_app
+    from wizard.app import make_app  # lazy: see cmd_wizard
 
     return _report_exit(make_app(run_dir=run_dir).run())

@@ -9,51 +9,21 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from engine.hardware import HardwareInfo
+from engine.memory.fingerprint import hardware_fingerprint
 from engine.memory.tiers import TierRecommendation, recommend_tier
+from engine.profile import Profile
+from engine.profile.load import apply_overrides, parse_overrides
+from wizard.choices import ModelChoice, default_choice, find_choice
+
+if TYPE_CHECKING:  # the recipe pulls in torch and PEFT (seconds): the wizard's first screen does not wait
+    from engine.families.base import Recipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_PROFILE = REPO_ROOT / "profiles" / "demo-scenesplat.yaml"
-
-FAMILY_CHOICES: dict[str, str] = {
-    "demo": "Built-in demo (SceneSplat, synthetic rooms, tiny base; runs on a CPU)",
-    "scenesplat": "SceneSplat: Point Transformer V3 over 3D Gaussian splats",
-    "midi": "MIDI-3D: rectified-flow DiT for multi-instance 3D scenes",
-}
-"""Wizard choice -> label; `demo` is the SceneSplat demo profile."""
 
 PRECISIONS = ("no", "bf16", "fp16")
-
-# What a new profile for a real family starts from; the wizard's answers fill in the rest.
-_FAMILY_BASES: dict[str, dict[str, Any]] = {
-    "scenesplat": {"model": {"family": "scenesplat", "task": "semseg"}, "lora": {"target_modules": ["attn"]}},
-    "midi": {"model": {"family": "midi", "task": "flow"}, "lora": {"target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}},
-}
-
-# The demo profile, used when the shipped file is missing (a partial checkout).
-_DEMO_FALLBACK: dict[str, Any] = {
-    "schema_version": 1,
-    "name": "demo-scenesplat",
-    "model": {"family": "scenesplat", "task": "semseg", "backbone": "demo-tiny", "demo_base": True},
-    "lora": {"r": 8, "alpha": 16, "target_modules": ["attn", "mlp"], "encoder_only": False},
-    "data": {"grid_size": 0.05, "synthetic_domain": "B", "synthetic_train": 8, "synthetic_val": 4,
-             "synthetic_points": 2500},
-    "train": {"max_steps": 40, "batch_size": 2, "lr": 0.004, "warmup_steps": 2, "device": "cpu"},
-    "output": {"dir": "runs/demo-scenesplat", "tensorboard": False},
-}
-
-
-def demo_profile_data() -> dict[str, Any]:
-    """The shipped SceneSplat demo profile as plain data."""
-    if DEMO_PROFILE.is_file():
-        data = yaml.safe_load(DEMO_PROFILE.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return data
-    return copy.deepcopy(_DEMO_FALLBACK)
 
 
 @dataclass
@@ -79,8 +49,10 @@ class ProfileDraft:
 
     Attributes:
         hardware: the probe result (None until probed).
-        family: `demo`, `scenesplat` or `midi`.
-        pretrained: base checkpoint file or folder (None: random base, or the demo's cached base).
+        family: the family name (`model.family`); None until chosen (then the model list's default).
+        demo: the profile starts from the family's demo profile (`WizardSpec.demo_profile`).
+        task: the family task (None: the family's default, or the demo profile's).
+        pretrained: base checkpoint file or folder (None: random base, or the demo's own base).
         data_root: dataset folder (None: the built-in synthetic data).
         plan: rank, batch and the rest, as recommended then edited.
         name: run/profile name.
@@ -89,7 +61,9 @@ class ProfileDraft:
     """
 
     hardware: HardwareInfo | None = None
-    family: str = "demo"
+    family: str | None = None
+    demo: bool = False
+    task: str | None = None
     pretrained: Path | None = None
     data_root: Path | None = None
     plan: PlanChoice = field(default_factory=PlanChoice)
@@ -99,70 +73,77 @@ class ProfileDraft:
     """The user's own `KEY=VALUE` settings (any profile key, e.g. `model.num_classes=20`), as with `--set`."""
 
     @property
-    def engine_family(self) -> str:
-        """The engine family name (`demo` is SceneSplat)."""
-        return "scenesplat" if self.family == "demo" else self.family
+    def choice(self) -> ModelChoice:
+        """The model list's line this draft starts from (the list's default until a family is chosen)."""
+        return default_choice() if self.family is None else find_choice(self.family, self.demo)
 
     @property
     def tier(self) -> TierRecommendation | None:
         return recommend_tier(self.hardware) if self.hardware is not None else None
 
-    def base_data(self) -> dict[str, Any]:
-        """The profile this family starts from, before the plan's values."""
-        if self.family == "demo":
-            return demo_profile_data()
-        data = copy.deepcopy(_FAMILY_BASES[self.family])
-        data["schema_version"] = 1
-        return data
+    def snapshot(self) -> ProfileDraft:
+        """A deep copy for a worker thread: the screens keep editing the live draft meanwhile."""
+        return copy.deepcopy(self)
 
-    def set_family(self, family: str) -> None:
-        """Chooses the family and resets the plan to its recommendation."""
-        if family not in FAMILY_CHOICES:
-            raise ValueError(family)
-        self.family = family
-        self.name = "wizard-demo" if family == "demo" else f"{family}-lora"
+    def base_data(self) -> dict[str, Any]:
+        """The profile this choice starts from, before the answers and the plan's values."""
+        return self.choice.base_data()
+
+    def set_family(self, family: str, demo: bool = False) -> None:
+        """Chooses the family (its demo profile when `demo`) and resets the plan to its recommendation.
+
+        Raises:
+            ProfileError: no such family in the model list, or it has no demo.
+        """
+        choice = find_choice(family, demo)
+        self.family, self.demo, self.task = choice.family, choice.demo, None
+        self.name = "wizard-demo" if demo else f"{family}-lora"
         self.plan = self.recommended_plan()
 
+    def choose(self, choice: ModelChoice) -> None:
+        self.set_family(choice.family, choice.demo)
+
     def recommended_plan(self) -> PlanChoice:
-        """The tier recommendation for this hardware (the demo keeps its own CPU-sized values)."""
-        if self.family == "demo":
-            base = demo_profile_data()
-            lora, train = base.get("lora", {}), base.get("train", {})
+        """The tier recommendation for this hardware (a demo keeps its own profile's values)."""
+        choice = self.choice
+        if choice.demo:
+            base = choice.base_data()
+            lora, train = base.get("lora") or {}, base.get("train") or {}
             return PlanChoice(
                 rank=int(lora.get("r", 8)), batch_size=int(train.get("batch_size", 2)),
                 grad_accum=int(train.get("grad_accum", 1)),
                 gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
                 precision=str(train.get("mixed_precision", "no")), max_steps=train.get("max_steps"),
                 lr=train.get("lr"), target_modules=lora.get("target_modules"),
-                reasons=["the demo profile's own settings: a tiny model that fits any machine, CPU included"],
+                reasons=[f"the demo profile's own settings ({choice.spec.demo_profile.name}): sized for any "
+                         "machine, CPU included"],
             )
         rec = self.tier
         if rec is None:
             return PlanChoice()
-        base = _FAMILY_BASES[self.family]
+        targets = (choice.spec.new_profile.get("lora") or {}).get("target_modules")
         return PlanChoice(
             rank=rec.rank, batch_size=rec.batch_size, gradient_checkpointing=rec.gradient_checkpointing,
-            precision=rec.precision, target_modules=list(base["lora"]["target_modules"]),
+            precision=rec.precision, target_modules=list(targets) if targets else None,
             max_steps=None, reasons=[rec.reason] + ([rec.warning] if rec.warning else []),
         )
 
     def profile_dict(self) -> dict[str, Any]:
-        """The profile as plain data: family base, then answers, then the plan, then overrides."""
-        from engine.profile.load import apply_overrides
-
+        """The profile as plain data: the choice's base, then answers, then the plan, then overrides."""
         data = self.base_data()
         data["name"] = self.name
         model = data.setdefault("model", {})
+        if self.task is not None:
+            model["task"] = self.task
         if self.pretrained is not None:
             model["pretrained"] = str(self.pretrained)
-            model.pop("demo_base", None)
         if self.data_root is not None:
             data.setdefault("data", {})["root"] = str(self.data_root)
         lora = data.setdefault("lora", {})
         train = data.setdefault("train", {})
         plan = self.plan
         if lora.get("alpha") is not None and lora.get("r"):
-            # keep the demo's alpha/r scale when the rank is edited
+            # keep the starting profile's alpha/r scale when the rank is edited
             lora["alpha"] = float(lora["alpha"]) * plan.rank / float(lora["r"])
         lora["r"] = plan.rank
         if plan.preset:
@@ -181,24 +162,20 @@ class ProfileDraft:
             data.setdefault("launch", {})["num_processes"] = plan.num_gpus
         data.setdefault("output", {})["dir"] = f"runs/{self.name}"
         if self.hardware is not None:
-            from engine.memory.fingerprint import hardware_fingerprint
-
             data["hardware"] = hardware_fingerprint(self.hardware).model_dump(mode="json", exclude_none=True)
         if self.extra:
-            from engine.profile.load import parse_overrides
-
             data = apply_overrides(data, parse_overrides(self.extra))
         if self.overrides:
             data = apply_overrides(data, list(self.overrides.items()))
         return data
 
-    def recipe(self):
+    def recipe(self) -> Recipe:
         """The resolved Recipe of the draft; ProfileError listing every problem otherwise."""
-        from engine.families.recipe import resolve_recipe
+        from engine.families.recipe import resolve_recipe  # lazy: torch and PEFT take seconds
 
         return resolve_recipe(self.profile_dict(), source="wizard")
 
-    def validate(self):
+    def validate(self) -> Profile:
         """The resolved Profile (what gets saved and run); ProfileError listing every problem otherwise."""
         return self.recipe().profile
 
@@ -210,7 +187,7 @@ class ProfileDraft:
     def profile_header(self, profile_path: Path | str) -> str:
         """The 'how to run' comment written on top of the saved profile."""
         return (
-            f"Written by the lora3d wizard ({FAMILY_CHOICES[self.family].split(':')[0]}).\n\n"
+            f"Written by the lora3d wizard ({self.choice.short_name}).\n\n"
             "How to run:\n"
             f"  {self.train_command(profile_path)}\n"
             f"  {self.train_command(profile_path)} --set train.max_steps=2   # smoke test\n"

@@ -1,7 +1,11 @@
-"""Provides the wizard's messages: workers and screens post them upward; nothing here does work."""
+"""Provides the wizard's messages: workers and screens post them upward; nothing here does work.
+
+Each message is a dataclass (Textual initialises a dataclass Message in `__post_init__`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from textual.message import Message
@@ -11,48 +15,61 @@ from wizard.checks import CheckResult
 from wizard.run.tail import TailResult
 
 
+@dataclass
 class HardwareProbed(Message):
-    """The probe worker finished."""
+    """The probe worker finished (and read the families' model list, so the model screen opens at once)."""
 
-    def __init__(self, hardware: HardwareInfo) -> None:
-        super().__init__()
-        self.hardware = hardware
+    hardware: HardwareInfo
 
 
+@dataclass
 class CheckFinished(Message):
     """A check worker finished; `kind` is `checkpoint`, `data`, `table` or `memory`; `key` names its input."""
 
-    def __init__(self, kind: str, key: Any, result: CheckResult) -> None:
-        super().__init__()
-        self.kind = kind
-        self.key = key
-        self.result = result
+    kind: str
+    key: Any
+    result: CheckResult
 
 
+@dataclass
 class ProfileChecked(Message):
     """The profile validation worker finished: `errors` is empty when the draft is valid."""
 
-    def __init__(self, errors: list[str], generation: int) -> None:
-        super().__init__()
-        self.errors = errors
-        self.generation = generation
+    errors: list[str]
+    generation: int
 
 
+@dataclass
 class EventsArrived(Message):
     """The tail worker read new events (or saw the child exit)."""
 
-    def __init__(self, result: TailResult) -> None:
-        super().__init__()
-        self.result = result
+    result: TailResult
 
 
+@dataclass
 class StepDone(Message):
     """A wizard screen is answered: the app shows the next one."""
 
 
+@dataclass
 class StartRun(Message):
     """The Review screen saved the profile: the app opens the dashboard on it."""
 
-    def __init__(self, profile_path: Any) -> None:
-        super().__init__()
-        self.profile_path = profile_path
+    profile_path: Any
+
+
+@dataclass
+class ActionOutput(Message):
+    """A follow-up command (`lora3d eval`, `lora3d predict`) printed lines."""
+
+    action: str
+    lines: list[str]
+
+
+@dataclass
+class ActionFinished(Message):
+    """A follow-up command ended with `returncode` (None: it could not start; `error` says why)."""
+
+    action: str
+    returncode: int | None
+    error: str = ""

@@ -147,6 +147,8 @@ class WizardSpec:
     """The shipped demo profile, when the family has a built-in demo the wizard can run."""
     demo_label: str = ""
     """The model list's line for the demo."""
+    order: int = 100
+    """Position in the wizard's model list (lower first, ties by name); the first listed demo is the default."""
 
 
 @dataclass(frozen=True)

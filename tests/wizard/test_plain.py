@@ -11,7 +11,7 @@ import yaml
 from engine.errors import ProfileError
 from tests.wizard.conftest import REPO_ROOT, fake_hardware, synthetic_events, write_events
 from wizard.draft import ProfileDraft
-from wizard.plain import answers_from, plain_questions, run_plain
+from wizard.plain import answers_from, family_question, plain_questions, run_plain
 
 
 def test_defaults_write_the_demo_profile(tmp_path):
@@ -79,3 +79,31 @@ def test_watch_plain_cli_and_bad_run_dir(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "engine", "watch", str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=120, cwd=REPO_ROOT)
     assert bad.returncode == 2 and "run directory not found" in bad.stderr
+
+
+def test_a_plugin_family_is_a_plain_choice(tmp_path):
+    draft = ProfileDraft(hardware=fake_hardware(0))
+    question = family_question(draft)
+    assert ("Toy: a two-block regression model (engine tests)", "toy") in question.choices
+    assert question.default == question.choices[0][1] and question.default.startswith("demo-")
+    path = run_plain(draft, answers_from({"family": "toy", "rank": "2"}), tmp_path)
+    data = yaml.safe_load(path.read_text())
+    assert path.name == "toy-lora.yaml" and data["model"]["family"] == "toy" and data["lora"]["r"] == 2
+    with pytest.raises(ProfileError, match="`model.family` must be one of .*got 'nope'"):
+        run_plain(ProfileDraft(hardware=fake_hardware(0)), answers_from({"family": "nope"}), tmp_path)
+
+
+@pytest.mark.slow  # a real child training run of the toy family: about 15 s on 2 busy cores
+def test_plain_wizard_trains_a_plugin_family_and_follows_it(tmp_path, monkeypatch):
+    import io
+
+    from wizard.commands import run_plain_wizard
+
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    code = run_plain_wizard(demo=False, profiles_dir=tmp_path, out=out, answers={"family": "toy"})
+    text = out.getvalue()
+    assert code == 0, text
+    assert f"profile saved to {tmp_path / 'toy-lora.yaml'}" in text
+    assert "start toy-lora (toy/regress) on cpu" in text and "end: completed at step 8" in text
+    assert (tmp_path / "runs" / "toy-lora" / "adapter" / "adapter_config.json").is_file()

@@ -10,7 +10,6 @@ import yaml
 from tests.wizard.conftest import fake_hardware
 from wizard.app import make_app
 from wizard.screens import DataScreen, HardwareScreen, ModelScreen, PlanScreen, ReviewScreen
-from wizard.screens.plan import parse_field
 
 
 def run(coro):
@@ -164,7 +163,7 @@ def test_plan_screen_inline_messages_never_crash(gpu24):
 
 def test_plan_screen_lora_table_and_gpu_count():
     async def go():
-        app = make_app(probe=fake_hardware(gpus=2), start_screen="plan", family="demo")
+        app = make_app(probe=fake_hardware(gpus=2), start_screen="plan", family="scenesplat", demo=True)
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(pilot)
             table = app.screen.query_one("#lora-table")
@@ -181,13 +180,25 @@ def test_plan_screen_lora_table_and_gpu_count():
     run(go())
 
 
-def test_parse_field_types():
-    assert parse_field("rank", " 8 ") == (8, None)
-    assert parse_field("max_steps", "") == (None, None)
-    assert parse_field("lr", "1e-4") == (1e-4, None)
-    assert parse_field("target_modules", "attn, mlp") == (["attn", "mlp"], None)
-    assert parse_field("batch_size", "2.5")[1].startswith("`train.batch_size` must be a whole number")
-    assert parse_field("target_modules", " , ")[1].startswith("`lora.target_modules` needs at least one")
+def test_plan_screen_task_and_preset_come_from_the_family(gpu24):
+    async def go():
+        app = make_app(probe=gpu24, start_screen="plan", family="scenesplat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            task = screen.query_one("#task")
+            assert task.value == "semseg"  # the family's default task first, then its others
+            assert not screen.query_one("#preset-note").display
+            screen.query_one("#preset").value = "standard"
+            await settle(pilot)
+            assert app.draft.plan.preset == "standard"
+            assert "standard: rank 8, attention of every encoder stage" in screen_text(app)
+            screen.query_one("#task").value = "lang"
+            await settle(pilot)
+            assert app.draft.profile_dict()["model"]["task"] == "lang"
+            assert "`model.task`" not in " ".join(screen.errors.values())
+
+    run(go())
 
 
 def test_review_saves_and_asks_before_overwrite(gpu24, tmp_path):
@@ -238,5 +249,49 @@ def test_escape_goes_back(gpu24):
             await pilot.press("escape")
             await pilot.pause()
             assert isinstance(app.screen, HardwareScreen)
+
+    run(go())
+
+
+def test_a_plugin_family_is_in_the_model_list_and_walks_to_a_saved_profile(gpu24, tmp_path):
+    """The toy family (tests/toy_family.py, loaded through LORA3D_PLUGINS) declares a WizardSpec and nothing else."""
+    from textual.widgets import OptionList
+
+    from tests.toy_family import ToyFamily
+
+    async def go():
+        app = make_app(probe=gpu24, start_screen="model", profiles_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            options = app.screen.query_one("#family", OptionList)
+            listed = [options.get_option_at_index(i) for i in range(options.option_count)]
+            assert [str(o.prompt) for o in listed if o.id == "toy"] == [ToyFamily.label]
+            assert "demo-toy" not in [o.id for o in listed]  # it ships no demo profile
+            options.highlighted = [o.id for o in listed].index("toy")
+            await settle(pilot)
+            assert (app.draft.family, app.draft.demo, app.draft.name) == ("toy", False, "toy-lora")
+            assert ToyFamily.wizard.description in screen_text(app)
+            assert app.screen.query_one("#pretrained").display
+            await pilot.press("enter", "enter")  # choose it, then an empty checkpoint: a random base
+            await settle(pilot)
+            assert isinstance(app.screen, DataScreen)
+            assert "the toy family has no data check" in screen_text(app)
+            await pilot.press("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, PlanScreen)
+            assert "LoRA: 2 modules" in screen_text(app)  # blocks.0.proj and blocks.1.proj
+            await pilot.press("ctrl+n")
+            await settle(pilot)
+            assert isinstance(app.screen, ReviewScreen)
+            app.screen.query_one("#save").press()
+            for _ in range(50):
+                await pilot.pause(0.05)
+                if app.return_value is not None:
+                    break
+        assert app.return_value == ("saved", tmp_path / "toy-lora.yaml")
+        text = (tmp_path / "toy-lora.yaml").read_text()
+        assert text.startswith("# Written by the lora3d wizard (Toy).")
+        data = yaml.safe_load(text)
+        assert data["model"]["family"] == "toy" and data["train"]["max_steps"] == 8 and data["train"]["device"] == "cpu"
 
     run(go())

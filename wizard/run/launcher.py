@@ -46,19 +46,24 @@ def train_command(profile_path: Path, run_dir: Path, launch: bool = False, overr
     return cmd
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child the wizard starts: `env` (default: ours) with this checkout first on the path."""
+    result = dict(os.environ if env is None else env)
+    # The child must import this checkout's `engine` and `wizard` even when started from elsewhere.
+    repo = str(Path(__file__).resolve().parents[2])
+    result["PYTHONPATH"] = os.pathsep.join(p for p in (repo, result.get("PYTHONPATH", "")) if p)
+    return result
+
+
 def launch_run(profile_path: Path, run_dir: Path, launch: bool = False, overrides: list[str] | None = None,
                env: dict[str, str] | None = None) -> LaunchedRun:
     """Starts training in the background; stdout and stderr go to `run_dir/train.log`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = train_command(profile_path, run_dir, launch=launch, overrides=overrides)
-    child_env = dict(os.environ if env is None else env)
-    # The child must import this checkout's `engine` even when started from elsewhere.
-    repo = str(Path(__file__).resolve().parents[2])
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, child_env.get("PYTHONPATH", "")) if p)
     with open(run_dir / LOG_NAME, "ab") as log:
         process = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=child_env, cwd=os.getcwd(),
+            start_new_session=True, env=child_env(env), cwd=os.getcwd(),
         )
     return LaunchedRun(run_dir, process, cmd)
 

@@ -2,10 +2,13 @@
 
 A thread worker follows the file and posts batches of events; this screen folds them into a RunState
 and redraws at most `REDRAW_SECONDS` apart, so a fast run never makes the TUI compete with training.
+After the end event it offers the run family's follow-up commands (`wizard.run.actions`: evaluate, predict
+on a scene), run as child processes with their output in the Results tab.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from wizard.messages import EventsArrived
+from wizard.dialogs.scene import SceneDialog
+from wizard.messages import ActionFinished, ActionOutput, EventsArrived
+from wizard.run.actions import RunAction, run_actions, run_family, start_action
 from wizard.run.launcher import LaunchedRun, launch_run, log_tail, request
 from wizard.run.state import RunState
 from wizard.run.tail import follow
@@ -62,9 +67,12 @@ class DashboardScreen(Screen):
         Binding("x", "stop", "Stop"),
         Binding("d", "detach", "Detach"),
         Binding("q", "quit_finished", "Quit", show=False),
+        Binding("e", "evaluate", "Evaluate"),
+        Binding("p", "predict", "Predict"),
         Binding("1", "tab('curves')", "Curves", show=False),
         Binding("2", "tab('lora')", "LoRA", show=False),
         Binding("3", "tab('log')", "Log", show=False),
+        Binding("4", "tab('results')", "Results", show=False),
     ]
 
     def __init__(self, run_dir: Path, profile_path: Path | None = None, launch: bool = False,
@@ -83,6 +91,13 @@ class DashboardScreen(Screen):
         self._process_note: str | None = None
         self.log_lines: list[str] = []
         """Everything written to the Log tab, as plain text."""
+        self.result_lines: list[str] = []
+        """Everything written to the Results tab, as plain text."""
+        self.actions: list[RunAction] = []
+        """The run family's follow-up commands (known from the start event)."""
+        self._actions_family: str | None = None
+        self.follow_up_process: subprocess.Popen | None = None
+        """The follow-up command running now, if any."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -97,6 +112,8 @@ class DashboardScreen(Screen):
                 yield LoraTable(id="run-lora-table")
             with TabPane("Log 3", id="log"):
                 yield RichLog(id="run-log", wrap=True, markup=False)
+            with TabPane("Results 4", id="results"):
+                yield RichLog(id="results-log", wrap=True, markup=False)
         yield Static("", id="last-message")
         yield Footer()
 
@@ -108,6 +125,11 @@ class DashboardScreen(Screen):
             self._log(f"watching {self.run_dir / 'events.jsonl'}")
         self.set_interval(REDRAW_SECONDS, self._redraw_if_dirty)
         self.follow_events()
+
+    def on_unmount(self) -> None:
+        process = self.follow_up_process
+        if process is not None and process.poll() is None:
+            process.terminate()  # a follow-up command dies with the wizard (the training run does not)
 
     # ------------------------------------------------------------------ worker
     @work(thread=True, exclusive=True, group="tail")
@@ -125,6 +147,7 @@ class DashboardScreen(Screen):
     def on_events_arrived(self, message: EventsArrived) -> None:
         result = message.result
         self.state.apply(result.events)
+        self._find_actions()
         if result.returncode is not None and not self.state.finished:
             self._process_note = f"the training process exited with code {result.returncode} before its end event"
         elif result.process_gone and not self.state.finished:
@@ -192,6 +215,10 @@ class DashboardScreen(Screen):
                 else:
                     note = f"run {end.get('status')} at step {end.get('step')}; adapter: {end.get('adapter')}"
                 self._log(note, style="green")
+                if self.adapter_ready and self.actions:
+                    offered = ", ".join(f"{self._key_of(a)} {a.label}" for a in self.actions)
+                    self._log(f"next: {offered} (Results tab)", style="green")
+                self.refresh_bindings()
                 self.query_one("#last-message", Static).update(Text(f"{note}. q quits.", style="bold green"))
             return
         if failed and not self._failure_shown:
@@ -208,10 +235,106 @@ class DashboardScreen(Screen):
             self._log(f"what to change: {advice}", style="yellow")
             self.query_one("#last-message", Static).update(Text(f"run failed: {advice}", style="bold red"))
             self.query_one(TabbedContent).active = "log"
+            self.refresh_bindings()
 
     def _log(self, text: str, style: str = "") -> None:
         self.log_lines.append(text)
         self.query_one("#run-log", RichLog).write(Text(text, style=style))
+
+    def _result(self, text: str, style: str = "") -> None:
+        self.result_lines.append(text)
+        self.query_one("#results-log", RichLog).write(Text(text, style=style))
+
+    # ------------------------------------------------------------------ follow-up commands
+    def _find_actions(self) -> None:
+        """Reads the run family's follow-up commands once its family is known."""
+        family = run_family(self.run_dir, self.state.start)
+        if family is None or family == self._actions_family:
+            return
+        self._actions_family = family
+        self.actions = run_actions(family)
+        if self.actions:
+            offered = ", ".join(f"{self._key_of(a)} {a.label} (lora3d {a.name})" for a in self.actions)
+            self._result(f"after the run: {offered}; their output appears here", "dim")
+        else:
+            self._result(f"the {family} family offers no evaluate or predict command", "dim")
+        self.refresh_bindings()
+
+    @staticmethod
+    def _key_of(action: RunAction) -> str:
+        return {"eval": "e", "predict": "p"}[action.name]
+
+    def _action(self, name: str) -> RunAction | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+    @property
+    def adapter_ready(self) -> bool:
+        """Whether the run ended with an adapter (what `eval` and `predict` load)."""
+        return bool(self.state.end and self.state.end.get("adapter"))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("save", "stop"):
+            return not self.state.finished  # hidden once the run has ended: nothing left to save or stop
+        name = {"evaluate": "eval", "predict": "predict"}.get(action)
+        if name is None:
+            return True
+        if self._action(name) is None or not self.adapter_ready:
+            return False  # hidden: the family has no such command, or there is nothing to run it on yet
+        return None if self.follow_up_running else True
+
+    @property
+    def follow_up_running(self) -> bool:
+        return self.follow_up_process is not None and self.follow_up_process.poll() is None
+
+    def action_evaluate(self) -> None:
+        action = self._action("eval")
+        if action is not None and self.adapter_ready and not self.follow_up_running:
+            self.start_follow_up(action)
+
+    def action_predict(self) -> None:
+        action = self._action("predict")
+        if action is None or not self.adapter_ready or self.follow_up_running:
+            return
+
+        def answered(answer: tuple[Path, Path] | None) -> None:
+            if answer is not None:
+                self.start_follow_up(action, *answer)
+
+        self.app.push_screen(SceneDialog(action.help, self.run_dir / "predictions"), answered)
+
+    def start_follow_up(self, action: RunAction, scene: Path | None = None, out: Path | None = None) -> None:
+        """Runs the follow-up command as a child process; its output goes to the Results tab."""
+        self.query_one(TabbedContent).active = "results"
+        self._result(f"$ {action.command_line(self.run_dir, scene, out)}", "bold")
+        width = self.query_one("#results-log", RichLog).size.width or self.app.size.width
+        try:
+            self.follow_up_process = start_action(action.argv(self.run_dir, scene, out), columns=width - 2)
+        except OSError as exc:
+            self._result(f"could not start it: {exc}", "bold red")
+            return
+        self.refresh_bindings()
+        self.follow_action(action, self.follow_up_process)
+
+    @work(thread=True, exclusive=True, group="action")
+    def follow_action(self, action: RunAction, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.post_message(ActionOutput(action.name, [line.rstrip("\n")]))
+        self.post_message(ActionFinished(action.name, process.wait()))
+
+    def on_action_output(self, message: ActionOutput) -> None:
+        for line in message.lines:
+            self._result(line)
+
+    def on_action_finished(self, message: ActionFinished) -> None:
+        action = self._action(message.action)
+        label = action.label if action is not None else message.action
+        if message.returncode == 0:
+            self._result(f"{label}: done", "bold green")
+        else:
+            self._result(f"{label}: failed (exit {message.returncode}); the message above says what to fix",
+                         "bold red")
+        self.refresh_bindings()
 
     # ------------------------------------------------------------------ keys
     def action_tab(self, tab: str) -> None:

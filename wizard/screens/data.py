@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, Static
 
 from wizard.checks import CheckResult, check_data
+from wizard.draft import ProfileDraft
+from wizard.fields import FIELDS, field_text, parse_field, set_field, shown
 from wizard.messages import CheckFinished
 from wizard.screens.base import WizardScreen
 from wizard.screens.model import result_text
@@ -20,7 +20,7 @@ class DataScreen(WizardScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._checked: tuple[str, str, str] | None = None
+        self._checked: tuple[str, bool, str, str] | None = None
         self._result: CheckResult | None = None
         self._proceed = False
 
@@ -28,10 +28,10 @@ class DataScreen(WizardScreen):
         yield Header()
         yield Static(self.step_title + "training data", classes="step-title")
         with VerticalScroll(classes="body"):
-            yield Label("Dataset folder (empty: the built-in synthetic data)")
-            yield Input(placeholder="e.g. ~/data/scannetpp_3dgs", id="data-root", compact=True)
-            yield Label("Extra settings, KEY=VALUE separated by spaces (as `lora3d train --set`)", id="extra-label")
-            yield Input(placeholder="e.g. model.num_classes=20 data.label_key=segment20", id="extra", compact=True)
+            yield Label(FIELDS["data_root"].question)
+            yield Input(placeholder=FIELDS["data_root"].placeholder, id="data-root", compact=True)
+            yield Label(FIELDS["extra"].question, id="extra-label")
+            yield Input(placeholder=FIELDS["extra"].placeholder, id="extra", compact=True)
             yield Static("", id="data-result", classes="result")
         with Horizontal(classes="nav"):
             yield Button("Next", id="next", variant="primary", compact=True)
@@ -39,30 +39,31 @@ class DataScreen(WizardScreen):
 
     def on_mount(self) -> None:
         field = self.query_one("#data-root", Input)
-        if self.draft.data_root is not None:
-            field.value = str(self.draft.data_root)
+        field.value = field_text(self.draft, "data_root")
         extra = self.query_one("#extra", Input)
-        extra.value = " ".join(self.draft.extra)
+        extra.value = field_text(self.draft, "extra")
         for widget in (extra, self.query_one("#extra-label")):
-            widget.display = self.draft.family != "demo"
+            widget.display = shown("extra", self.draft)
         field.focus()
         self._start_check(proceed=False)
 
-    def _key(self) -> tuple[str, str, str]:
-        return (self.draft.family, self.query_one("#data-root", Input).value.strip(),
+    def _key(self) -> tuple[str, bool, str, str]:
+        return (self.draft.choice.family, self.draft.demo, self.query_one("#data-root", Input).value.strip(),
                 self.query_one("#extra", Input).value.strip())
 
     def _start_check(self, proceed: bool) -> None:
         key = self._key()
-        self.draft.data_root = Path(key[1]).expanduser() if key[1] else None
-        self.draft.extra = key[2].split()
+        root, _ = parse_field("data_root", key[2])  # a missing folder is the data check's to report
+        set_field(self.draft, "data_root", root)
+        # Bad KEY=VALUE words are kept as typed: the data check reports them with the rest.
+        set_field(self.draft, "extra", key[3].split())
         self._proceed = proceed
         self.query_one("#data-result", Static).update(result_text(None, "checking the data..."))
-        self.check(key)
+        self.check(key, self.draft.snapshot())
 
     @work(thread=True, exclusive=True, group="data")
-    def check(self, key: tuple[str, str, str]) -> None:
-        self.post_message(CheckFinished("data", key, check_data(self.draft)))
+    def check(self, key: tuple[str, bool, str, str], draft: ProfileDraft) -> None:
+        self.post_message(CheckFinished("data", key, check_data(draft)))
 
     def on_check_finished(self, message: CheckFinished) -> None:
         if message.kind != "data" or message.key != self._key():

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, Header, Static
 
+from wizard.choices import model_choices
 from wizard.messages import HardwareProbed
 from wizard.screens.base import WizardScreen
 from wizard.widgets.gpu_table import GpuTable
@@ -33,7 +34,9 @@ class HardwareScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="probe")
     def probe(self) -> None:
-        self.post_message(HardwareProbed(self.wizard.probe()))
+        hardware = self.wizard.probe()
+        model_choices()  # reads the families (seconds) here, so the model screen opens at once
+        self.post_message(HardwareProbed(hardware))
 
     def on_hardware_probed(self, message: HardwareProbed) -> None:
         self.wizard.set_hardware(message.hardware)

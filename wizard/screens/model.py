@@ -1,8 +1,10 @@
-"""Provides the Model screen: family, base checkpoint (checked in a worker), architecture summary."""
+"""Provides the Model screen: the families' model list, the base checkpoint (checked in a worker), the description.
+
+The list, the descriptions and the checkpoint placeholder come from each family's `WizardSpec`
+(`wizard.choices`); a demo line starts from the family's demo profile and keeps its own base.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -12,7 +14,9 @@ from textual.widgets import Button, Footer, Header, Input, Label, OptionList, St
 from textual.widgets.option_list import Option
 
 from wizard.checks import CheckResult, check_checkpoint
-from wizard.draft import FAMILY_CHOICES
+from wizard.choices import choice_by_id, model_choices
+from wizard.draft import ProfileDraft
+from wizard.fields import FIELDS, field_text, parse_field, set_field
 from wizard.messages import CheckFinished
 from wizard.screens.base import WizardScreen
 
@@ -37,7 +41,7 @@ class ModelScreen(WizardScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._checked: tuple[str, str] | None = None
+        self._checked: tuple[str, bool, str] | None = None
         self._result: CheckResult | None = None
         self._proceed = False
 
@@ -45,11 +49,9 @@ class ModelScreen(WizardScreen):
         yield Header()
         yield Static(self.step_title + "model family and base checkpoint", classes="step-title")
         with VerticalScroll(classes="body"):
-            options = [Option(f"{label}", id=name) for name, label in FAMILY_CHOICES.items()]
-            yield OptionList(*options, id="family")
-            yield Label("Base checkpoint file or pipeline folder (empty: random base, smoke tests only)",
-                        id="pretrained-label")
-            yield Input(placeholder="e.g. ~/models/scenesplat/model_best.pth", id="pretrained", compact=True)
+            yield OptionList(*(Option(choice.label, id=choice.id) for choice in model_choices()), id="family")
+            yield Label(FIELDS["pretrained"].question, id="pretrained-label")
+            yield Input(id="pretrained", compact=True)
             yield Static("", id="pretrained-result", classes="result")
             yield Static("", id="architecture", classes="result")
         with Horizontal(classes="nav"):
@@ -58,49 +60,42 @@ class ModelScreen(WizardScreen):
 
     def on_mount(self) -> None:
         family = self.query_one("#family", OptionList)
-        family.highlighted = list(FAMILY_CHOICES).index(self.draft.family)
-        if self.draft.pretrained is not None:
-            self.query_one("#pretrained", Input).value = str(self.draft.pretrained)
+        ids = [choice.id for choice in model_choices()]
+        family.highlighted = ids.index(self.draft.choice.id)
+        self.query_one("#pretrained", Input).value = field_text(self.draft, "pretrained")
         self._show_family()
         family.focus()
 
     def _show_family(self) -> None:
-        demo = self.draft.family == "demo"
+        choice = self.draft.choice
         for widget_id in ("#pretrained", "#pretrained-label"):
-            self.query_one(widget_id).display = not demo
-        arch = {
-            "demo": "PT-v3m1 `demo-tiny` backbone + segmentation head (6 classes), pretrained on synthetic rooms A; "
-                    "LoRA on attention and MLP, encoder and decoder",
-            "scenesplat": "Point Transformer V3 (PT-v3m1) backbone, Pointcept/SceneSplat checkpoint layout; "
-                          "task semseg (or lang); LoRA on attn.qkv/attn.proj",
-            "midi": "MIDI-3D / TripoSG rectified-flow DiT (diffusers folder), CLIP + DINOv2 conditioning; "
-                    "LoRA on to_q/to_k/to_v/to_out.0",
-        }[self.draft.family]
-        self.query_one("#architecture", Static).update(Text(arch, style="dim"))
+            self.query_one(widget_id).display = not choice.demo
+        self.query_one("#pretrained", Input).placeholder = choice.spec.pretrained_hint
+        self.query_one("#architecture", Static).update(Text(choice.description(), style="dim"))
         self.query_one("#pretrained-result", Static).update("")
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        family = event.option.id or "demo"
-        if family != self.draft.family:
-            self.draft.set_family(family)
+        choice = choice_by_id(event.option.id or "")
+        if choice.id != self.draft.choice.id:
+            self.draft.choose(choice)
             self.draft.pretrained = None
             self.query_one("#pretrained", Input).value = ""
             self._checked = None
             self._show_family()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        if self.draft.family == "demo":
+        if self.draft.demo:
             self.done()
         else:
             self.query_one("#pretrained", Input).focus()
 
-    def _key(self) -> tuple[str, str]:
-        return (self.draft.family, self.query_one("#pretrained", Input).value.strip())
+    def _key(self) -> tuple[str, bool, str]:
+        return (self.draft.choice.family, self.draft.demo, self.query_one("#pretrained", Input).value.strip())
 
     def done(self) -> None:
         key = self._key()
-        text = key[1]
-        self.draft.pretrained = Path(text).expanduser() if text and self.draft.family != "demo" else None
+        value, _ = parse_field("pretrained", key[2])  # a missing path is the check's to report, with the rest
+        set_field(self.draft, "pretrained", None if self.draft.demo else value)
         if self._checked == key and self._result is not None:
             if self._result.ok:
                 super().done()
@@ -109,11 +104,11 @@ class ModelScreen(WizardScreen):
             return
         self._proceed = True
         self.query_one("#pretrained-result", Static).update(result_text(None, "checking the checkpoint..."))
-        self.check(key)
+        self.check(key, self.draft.snapshot())
 
     @work(thread=True, exclusive=True, group="checkpoint")
-    def check(self, key: tuple[str, str]) -> None:
-        self.post_message(CheckFinished("checkpoint", key, check_checkpoint(self.draft)))
+    def check(self, key: tuple[str, bool, str], draft: ProfileDraft) -> None:
+        self.post_message(CheckFinished("checkpoint", key, check_checkpoint(draft)))
 
     def on_check_finished(self, message: CheckFinished) -> None:
         if message.kind != "checkpoint" or message.key != self._key():

@@ -6,8 +6,6 @@ re-validated in a worker; the engine's messages appear under the field they name
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -17,52 +15,24 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from engine.errors import Lora3dError
 from wizard.checks import build_lora_table, plan_memory
-from wizard.draft import PRECISIONS
+from wizard.draft import ProfileDraft
+from wizard.fields import (
+    FIELDS,
+    PLAN_FIELDS,
+    draft_value,
+    field_choices,
+    field_text,
+    parse_field,
+    set_field,
+    shown,
+)
 from wizard.messages import CheckFinished, ProfileChecked
 from wizard.screens.base import WizardScreen
 from wizard.screens.model import result_text
 from wizard.widgets.lora_table import LoraTable
 
-# field id -> (label, profile key, kind)
-FIELDS: dict[str, tuple[str, str, str]] = {
-    "rank": ("LoRA rank", "lora.r", "int"),
-    "batch_size": ("batch size", "train.batch_size", "int"),
-    "grad_accum": ("grad accumulation", "train.grad_accum", "int"),
-    "gradient_checkpointing": ("grad checkpointing", "train.gradient_checkpointing", "bool"),
-    "precision": ("precision", "train.mixed_precision", "choice"),
-    "lr": ("learning rate", "train.lr", "float?"),
-    "max_steps": ("max steps", "train.max_steps", "int?"),
-    "preset": ("LoRA preset", "lora.preset", "choice"),
-    "target_modules": ("LoRA targets", "lora.target_modules", "list"),
-    "num_gpus": ("GPUs to use", "launch.num_processes", "choice"),
-}
-_LORA_KEYS = {"rank", "preset", "target_modules"}
-
-
-def parse_field(name: str, text: str) -> tuple[Any, str | None]:
-    """(value, error): the typed text as the field's type, or an inline message in the house format."""
-    label, key, kind = FIELDS[name]
-    text = text.strip()
-    if kind in ("int", "int?"):
-        if not text and kind == "int?":
-            return None, None
-        try:
-            return int(text), None
-        except ValueError:
-            return None, f"`{key}` must be a whole number, got {text!r}. Type digits only, e.g. 8."
-    if kind in ("float", "float?"):
-        if not text and kind == "float?":
-            return None, None
-        try:
-            return float(text), None
-        except ValueError:
-            return None, f"`{key}` must be a number, got {text!r}. For example 1e-4 or 0.0002."
-    if kind == "list":
-        items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
-        if not items:
-            return None, f"`{key}` needs at least one module, got {text!r}. For example attn, mlp."
-        return items, None
-    return text, None
+_TABLE_KEYS = {"task", "rank", "preset", "target_modules"}
+"""Fields whose change rebuilds the LoRA table."""
 
 
 def memory_text(result) -> Text:
@@ -99,34 +69,13 @@ class PlanScreen(WizardScreen):
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        plan = self.draft.plan
         yield Header()
         yield Static(self.step_title + "plan (edit any value; Tab moves, Enter continues)", classes="step-title")
         with VerticalScroll(classes="body", id="plan-body"):
             yield Static(self._reasons_text(), id="reasons", classes="result")
-            yield from self._row("rank", Input(str(plan.rank), id="rank", compact=True))
-            yield from self._row("batch_size", Input(str(plan.batch_size), id="batch_size", compact=True))
-            yield from self._row("grad_accum", Input(str(plan.grad_accum), id="grad_accum", compact=True))
-            yield from self._row("gradient_checkpointing", Select(
-                [("on", True), ("off", False)], value=plan.gradient_checkpointing, allow_blank=False,
-                id="gradient_checkpointing", compact=True))
-            yield from self._row("precision", Select(
-                [(p, p) for p in PRECISIONS], value=plan.precision, allow_blank=False, id="precision", compact=True))
-            yield from self._row("lr", Input("" if plan.lr is None else f"{plan.lr:g}", placeholder="empty: the default, 1e-4",
-                                             id="lr", compact=True))
-            yield from self._row("max_steps", Input("" if plan.max_steps is None else str(plan.max_steps),
-                                                    placeholder="empty: train.epochs", id="max_steps", compact=True))
-            presets = self._presets()
-            yield from self._row("preset", Select(
-                [("(none)", "")] + [(p, p) for p in presets], value=plan.preset or "", allow_blank=False,
-                id="preset", compact=True))
-            yield from self._row("target_modules", Input(", ".join(plan.target_modules or []), id="target_modules",
-                                                         compact=True))
-            gpus = len(self.draft.hardware.gpus) if self.draft.hardware is not None else 0
-            if gpus > 1:
-                yield from self._row("num_gpus", Select(
-                    [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in range(1, gpus + 1)], value=self.draft.plan.num_gpus,
-                    allow_blank=False, id="num_gpus", compact=True))
+            for name in PLAN_FIELDS:
+                if shown(name, self.draft):
+                    yield from self._row(name, self._widget(name))
             yield Static("", id="general-errors", classes="result error")
             yield Static("", id="summary", classes="result")
             yield Static(result_text(None, "memory estimate..."), id="memory", classes="result")
@@ -137,19 +86,30 @@ class PlanScreen(WizardScreen):
             yield Button("Next", id="next", variant="primary", compact=True)
         yield Footer()
 
-    def _row(self, name: str, widget) -> ComposeResult:
+    def _widget(self, name: str) -> Input | Select:
+        """The field's editor: a Select for a choice or yes/no, an Input for typed text."""
+        field = FIELDS[name]
+        if field.kind in ("bool", "choice"):
+            value = draft_value(self.draft, name)
+            return Select(field_choices(self.draft, name), value="" if value is None else value, allow_blank=False,
+                          id=name, compact=True)
+        return Input(field_text(self.draft, name), placeholder=field.placeholder, id=name, compact=True)
+
+    def _row(self, name: str, widget: Input | Select) -> ComposeResult:
         with Horizontal(classes="field-row"):
-            yield Label(FIELDS[name][0], classes="field-label")
+            yield Label(FIELDS[name].label, classes="field-label")
             yield widget
         yield Static("", id=f"{name}-error", classes="field-error")
+        if name == "preset":
+            note = Static("", id="preset-note", classes="field-note")
+            self._show_preset(note)
+            yield note
 
-    def _presets(self) -> tuple[str, ...]:
-        try:
-            from engine.families.registry import get_family
-
-            return tuple(get_family(self.draft.engine_family).presets)
-        except Exception:
-            return ()
+    def _show_preset(self, note: Static) -> None:
+        """The chosen preset's description under its row (the family declares it)."""
+        preset = self.draft.plan.preset
+        note.update(Text(f"{preset}: {dict(self.draft.choice.presets).get(preset, '')}", style="dim"))
+        note.display = bool(preset)
 
     def _reasons_text(self) -> Text:
         text = Text("recommended: ", style="bold")
@@ -171,7 +131,7 @@ class PlanScreen(WizardScreen):
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
         name = event.input.id or ""
-        if name not in FIELDS:
+        if name not in PLAN_FIELDS:
             return
         self._edited = self._edited or not self._applying
         value, error = parse_field(name, event.value)
@@ -181,25 +141,25 @@ class PlanScreen(WizardScreen):
             self.parse_errors.pop(name, None)
         self._show_error(name)
         if error is None:
-            setattr(self.draft.plan, name, value)
+            set_field(self.draft, name, value)
             self.revalidate()
-            if name in _LORA_KEYS:
+            if name in _TABLE_KEYS:
                 self._schedule_table()
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         name = event.select.id or ""
-        if name not in FIELDS or event.value is Select.NULL:
+        if name not in PLAN_FIELDS or event.value is Select.NULL:
             return
-        value = event.value
-        if name == "preset":
-            value = value or None
-        if getattr(self.draft.plan, name) == value:
+        current = draft_value(self.draft, name)
+        if event.value == ("" if current is None else current):
             return
         self._edited = self._edited or not self._applying
-        setattr(self.draft.plan, name, value)
+        set_field(self.draft, name, event.value)
+        if name == "preset":
+            self._show_preset(self.query_one("#preset-note", Static))
         self.revalidate()
-        if name in _LORA_KEYS:
+        if name in _TABLE_KEYS:
             self._schedule_table()
 
     @property
@@ -216,12 +176,12 @@ class PlanScreen(WizardScreen):
     # ------------------------------------------------------------------ validation
     def revalidate(self) -> None:
         self._generation += 1
-        self.validate_draft(self._generation)
+        self.validate_draft(self._generation, self.draft.snapshot())
 
     @work(thread=True, exclusive=True, group="validate")
-    def validate_draft(self, generation: int) -> None:
+    def validate_draft(self, generation: int, draft: ProfileDraft) -> None:
         try:
-            self.draft.validate()
+            draft.validate()
             errors: list[str] = []
         except Lora3dError as exc:
             errors = [line for line in str(exc).splitlines() if line.strip()]
@@ -236,13 +196,13 @@ class PlanScreen(WizardScreen):
         general: list[str] = []
         for line in message.errors:
             text = line.removeprefix("wizard: ")
-            owner = next((name for name, (_, key, _) in FIELDS.items() if f"`{key}`" in text), None)
+            owner = next((name for name in PLAN_FIELDS if f"`{FIELDS[name].key}`" in text), None)
             if owner is not None:
                 by_field.setdefault(owner, []).append(text)
             else:
                 general.append(text)
         self.profile_errors = {name: " ".join(lines) for name, lines in by_field.items()}
-        for name in FIELDS:
+        for name in PLAN_FIELDS:
             self._show_error(name)
         self.general_errors = general
         box = self.query_one("#general-errors", Static)
@@ -269,18 +229,18 @@ class PlanScreen(WizardScreen):
 
     def refresh_table(self) -> None:
         self.query_one("#lora-caption", Static).update(Text("LoRA modules (building the model...)", style="dim"))
-        self.build_table(self._generation)
+        self.build_table(self._generation, self.draft.snapshot())
 
     @work(thread=True, exclusive=True, group="table")
-    def build_table(self, generation: int) -> None:
-        self.post_message(CheckFinished("table", generation, build_lora_table(self.draft)))
+    def build_table(self, generation: int, draft: ProfileDraft) -> None:
+        self.post_message(CheckFinished("table", generation, build_lora_table(draft)))
 
     def refresh_memory(self) -> None:
-        self.estimate_memory(self._generation)
+        self.estimate_memory(self._generation, self.draft.snapshot())
 
     @work(thread=True, exclusive=True, group="memory")
-    def estimate_memory(self, generation: int) -> None:
-        self.post_message(CheckFinished("memory", generation, plan_memory(self.draft)))
+    def estimate_memory(self, generation: int, draft: ProfileDraft) -> None:
+        self.post_message(CheckFinished("memory", generation, plan_memory(draft)))
 
     def on_check_finished(self, message: CheckFinished) -> None:
         result = message.result
@@ -303,7 +263,7 @@ class PlanScreen(WizardScreen):
     def _apply_planner(self, result) -> None:
         """For a real family, the planner's joint recommendation replaces the tier's until the user edits."""
         rec = result.data.get("recommendation")
-        if self._edited or self.draft.family == "demo" or not rec:
+        if self._edited or self.draft.demo or not rec:
             return
         plan = self.draft.plan
         values = {"rank": rec.get("rank"), "batch_size": rec.get("micro_batch"), "grad_accum": rec.get("grad_accum"),
@@ -314,7 +274,7 @@ class PlanScreen(WizardScreen):
         self._applying = True
         try:
             for name, value in values.items():
-                setattr(plan, name, value)
+                set_field(self.draft, name, value)
                 widget = self.query_one(f"#{name}")
                 widget.value = value if isinstance(widget, Select) else str(value)
         finally:

@@ -13,6 +13,7 @@ from engine.errors import Lora3dError
 from engine.profile import dump_profile, save_profile
 from wizard.dialogs.confirm import ConfirmDialog
 from wizard.draft import free_run_dir, suggest_profile_path
+from wizard.fields import FIELDS, parse_field
 from wizard.messages import StartRun
 from wizard.screens.base import WizardScreen
 from wizard.widgets.profile_preview import ProfilePreview
@@ -28,7 +29,7 @@ class ReviewScreen(WizardScreen):
             yield Static("", id="command", classes="result")
             yield ProfilePreview("", id="yaml")
         with Horizontal(classes="field-row", id="save-row"):
-            yield Label("save as", classes="field-label")
+            yield Label(FIELDS["save_path"].label, classes="field-label")
             yield Input(id="save-path", compact=True)
         yield Static("", id="save-error", classes="field-error")
         with Horizontal(classes="nav"):
@@ -77,15 +78,9 @@ class ReviewScreen(WizardScreen):
     def save(self, then_train: bool) -> None:
         text = self.query_one("#save-path", Input).value.strip()
         error = self.query_one("#save-error", Static)
-        if not text:
-            error.update(Text("type a file name, e.g. profiles/my-run.yaml", style="red"))
-            return
-        path = Path(text).expanduser()
-        if path.suffix not in (".yaml", ".yml"):
-            error.update(Text(f"the profile must be a .yaml file, got {text!r}", style="red"))
-            return
-        if path.is_dir():
-            error.update(Text(f"{text} is a folder; type a file name inside it", style="red"))
+        path, message = parse_field("save_path", text)
+        if message:
+            error.update(Text(message, style="red"))
             return
         if path.exists():
             def answered(overwrite: bool | None) -> None:

@@ -102,6 +102,7 @@ class SceneSplatFamily(Family):
         pretrained_hint="e.g. ~/models/scenesplat/model_best.pth",
         demo_profile=_REPO / "profiles" / "demo-scenesplat.yaml",
         demo_label="Built-in demo (SceneSplat, synthetic rooms, tiny base; runs on a CPU)",
+        order=0,  # the wizard's default: its demo pretrains a real tiny base (Enter on every screen runs it)
     )
 
     # ---------------------------------------------------------------- profile -> recipe
