@@ -49,7 +49,7 @@ def _sizes(ctx: Context) -> dict[str, Any]:
                 "mechanics": ["data.synthetic_train=4", "data.synthetic_val=1", "data.synthetic_points=800"]}
     return {"steps": 24,
             "scenesplat": [],
-            "midi": ["data.synthetic_train_scenes=4"],
+            "midi": ["data.synthetic_train_scenes=2"],
             "mechanics": ["data.synthetic_train=4", "data.synthetic_val=1", "data.synthetic_points=40000",
                           "data.point_budget=40000", "data.grid_size=0.02"]}
 
