@@ -75,14 +75,17 @@ def run(ctx: Context, section: Section) -> None:
 
 def _judge(ctx: Context, section: Section, name: str, estimate: int, measured: int | None, info: dict) -> None:
     mib = 2**20
+    ran = f"{info['points']} points ran" if "points" in info else f"{info['tokens']} tokens"
+    if "encoders_left_out_bytes" in info:
+        ran += f"; frozen encoders ({info['encoders_left_out_bytes'] / 2**30:.1f} GiB) left out of the estimate"
     if measured is None:
-        section.add(name, "info", f"estimate {estimate / mib:.0f} MiB; no allocator peak on the CPU to compare",
-                    estimate_bytes=estimate, **info)
+        section.add(name, "info", f"estimate {estimate / mib:.0f} MiB ({ran}); no allocator peak on the CPU to "
+                    "compare", estimate_bytes=estimate, **info)
         return
     ratio = estimate / measured
     status = "pass" if abs(ratio - 1) <= GOAL else "miss"
     section.add(name, status, f"estimate {estimate / mib:.0f} MiB vs measured {measured / mib:.0f} MiB: "
-                f"ratio {ratio:.3f} (goal within {GOAL:.0%})", estimate_bytes=estimate, measured_bytes=measured,
+                f"ratio {ratio:.3f} (goal within {GOAL:.0%}; {ran})", estimate_bytes=estimate, measured_bytes=measured,
                 ratio=ratio, **info)
 
 
