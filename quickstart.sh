@@ -26,23 +26,48 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
-# 1. torch: CUDA wheels only where an NVIDIA driver is present; elsewhere the CPU build, because an
-#    unpinned torch on a GPU-less machine pulls several GB of CUDA packages.
+# 1. torch, from pip's configured index (pip.conf, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS) or,
+#    when LORA3D_TORCH_INDEX is set, from that index (torch alone; its dependencies from pip's index).
+#    With an NVIDIA driver: first ask pip which torch build it would take, and stop if that build needs a
+#    newer CUDA than the driver runs. Without one: the CPU build when pip can find it, because an unpinned
+#    torch on Linux pulls several GB of CUDA packages.
+TORCH_SPEC="torch>=2.3,<2.14"
+pip_torch() {  # pip install "$@", from LORA3D_TORCH_INDEX when it is set
+  if [ -n "${LORA3D_TORCH_INDEX:-}" ]; then "${PIP[@]}" --index-url "$LORA3D_TORCH_INDEX" "$@"; else "${PIP[@]}" "$@"; fi
+}
+install_torch_deps() {  # torch itself is installed (--no-deps): add its dependencies from pip's own index
+  "${PIP[@]}" "torch==$("$PY" -c 'import torch; print(torch.__version__)')"
+}
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    say "NVIDIA driver found: installing torch with CUDA"
-    "${PIP[@]}" "torch>=2.3,<2.14"
-  else
-    say "no NVIDIA driver: installing the CPU build of torch"
-    # A CPU wheel pip already knows locally (find-links) first, its dependencies then from the usual
-    # index; otherwise the PyTorch CPU index.
-    if "${PIP[@]}" --no-index --no-deps "torch==2.13.0+cpu" 2>/dev/null; then
-      "${PIP[@]}" "torch==2.13.0+cpu"
+    say "NVIDIA driver found: checking which torch build pip would install"
+    REPORT=$(mktemp)
+    if pip_torch --dry-run --ignore-installed --report "$REPORT" "$TORCH_SPEC" >/dev/null 2>&1; then
+      DRIVER_CUDA=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' | head -n 1)
+      "$PYTHON" scripts/torch_build.py "$REPORT" --driver-cuda "${DRIVER_CUDA:-}" \
+        || { rm -f "$REPORT"; die "not installing that torch build (see above)."; }
     else
-      "${PIP[@]}" --retries 2 --timeout 30 "torch>=2.3,<2.14" --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple \
-        || die "could not install torch. Install a CPU build by hand: pip install torch --index-url https://download.pytorch.org/whl/cpu"
+      say "pip could not report which torch it would install (pip older than 22.2?); installing without the check"
     fi
+    rm -f "$REPORT"
+    if [ -n "${LORA3D_TORCH_INDEX:-}" ]; then
+      pip_torch --no-deps "$TORCH_SPEC" && install_torch_deps \
+        || die "could not install torch from LORA3D_TORCH_INDEX=$LORA3D_TORCH_INDEX (see above)."
+    else
+      "${PIP[@]}" "$TORCH_SPEC" || die "could not install torch from pip's configured index (see above)."
+    fi
+  elif [ -n "${LORA3D_TORCH_INDEX:-}" ]; then
+    say "no NVIDIA driver: installing torch from LORA3D_TORCH_INDEX=$LORA3D_TORCH_INDEX"
+    pip_torch --no-deps "$TORCH_SPEC" && install_torch_deps \
+      || die "could not install torch from LORA3D_TORCH_INDEX=$LORA3D_TORCH_INDEX (see above)."
+  elif "${PIP[@]}" --no-deps "torch==2.13.0+cpu" 2>/dev/null; then
+    say "no NVIDIA driver: installed the CPU build of torch that pip's configured sources offer"
+    install_torch_deps || die "could not install torch's dependencies (see above)."
+  else
+    say "no NVIDIA driver, and pip's configured index offers no CPU build of torch: installing its default build"
+    [ "$(uname -s)" = Linux ] && say "on Linux that is the CUDA build (several GB); for the CPU build, set" \
+      "LORA3D_TORCH_INDEX to a PyTorch CPU wheel index (see README), delete $VENV and rerun"
+    "${PIP[@]}" "$TORCH_SPEC" || die "could not install torch from pip's configured index (see above)."
   fi
 fi
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')

@@ -292,7 +292,7 @@ class SpconvSparseConvBackend:
         if _import_spconv() is None:
             raise HardwareError(
                 "sparse_conv_backend: `spconv` was requested but is not importable, got 'spconv'. "
-                "Install spconv for your CUDA version (e.g. `pip install spconv-cu120`) or use 'torch'."
+                "Install it with lora3d's `cuda` extra (`pip install -e '.[cuda]'`: spconv-cu126) or use 'torch'."
             )
 
     @staticmethod
