@@ -59,7 +59,7 @@ def load_point_scene(folder: str | Path) -> dict[str, np.ndarray]:
         splat = (" This is a SceneSplat scene (Gaussians): Sonata also needs the points' normals; SceneSplat's "
                  "preprocessing writes `normal.npy` from the mesh.") if (folder / "quat.npy").is_file() else ""
         raise DataError(
-            f"{folder}: required files missing, got no {files}. Sonata's input is coord + color + normal (9 "
+            f"{folder / (missing[0] + '.npy')}: required files missing, got no {files}. Sonata's input is coord + color + normal (9 "
             f"channels): a scene needs coord.npy, color.npy and normal.npy, as Pointcept's ScanNet "
             f"preprocessing writes them.{splat}"
         )

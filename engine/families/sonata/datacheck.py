@@ -88,7 +88,7 @@ def scan_point_dataset(root: str | Path, splits: list[str], label_key: str = "se
             report.points[split] = {"min": int(np.min(counts)), "median": float(np.median(counts)),
                                     "max": int(np.max(counts)), "total": int(np.sum(counts))}
     if unlabelled and report.labelled_scenes == 0:
-        others = [k for k in LABEL_KEYS if k != label_key and any((root / s).glob(f"*/{k}.npy") for s in splits)]
+        others = [k for k in LABEL_KEYS if k != label_key and any(any((root / s).glob(f"*/{k}.npy")) for s in splits)]
         fix = f"Set `data.label_key: {others[0]}`" if others else f"Add {label_key}.npy to the scenes"
         report.problems.append((str(root), f"{label_key}.npy",
                                 f"{root}: no scene has `{label_key}.npy`, got {len(unlabelled)} unlabelled scenes "
