@@ -114,16 +114,23 @@ def points_per_scene(profile: Any) -> tuple[int, str]:
                                       "(Pointcept's SphereCrop budget)")
 
 
-def search_bytes(profile: Any, points: int) -> float:
-    """Transient of the level-0 3x3x3 neighbour search, by the sparse conv's rule: a dense int64 table over
-    the scene's grid when it is small enough, else sorted keys (16 bytes per point), plus the query block."""
+def search_bytes(profile: Any, points: int, cfg: dict[str, Any] | None = None) -> float:
+    """The largest transient of a level's 3x3x3 neighbour search, by the sparse conv's rule: a dense int64 table
+    over the level's voxel grid when it is small enough, else sorted keys (16 bytes per point), plus the query
+    block. Coarser levels have fewer points but a smaller grid, so their table is often the dense one."""
     room = SYNTHETIC_ROOM_M if profile.data.root is None else DEFAULT_ROOM_M
-    cells = 1.0
-    for metres in room:
-        cells *= metres / profile.data.grid_size + 3
-    queries = 26 * points
-    dense = cells <= max(sparse_conv._DENSE_TABLE_MAX, sparse_conv._DENSE_CELLS_PER_QUERY * 27 * points)
-    return (8 * cells if dense else 16 * points) + _QUERY_BYTES * min(1 << 24, queries)
+    strides = (cfg or {}).get("stride", ())
+    levels = len((cfg or {}).get("enc_depths", (1,)))
+    worst, cell, n = 0.0, float(profile.data.grid_size), float(points)
+    for s in range(levels):
+        cells = 1.0
+        for metres in room:
+            cells *= metres / cell + 3
+        dense = cells <= max(sparse_conv._DENSE_TABLE_MAX, sparse_conv._DENSE_CELLS_PER_QUERY * 27 * n)
+        worst = max(worst, (8 * cells if dense else 16 * n) + _QUERY_BYTES * min(1 << 24, 26 * n))
+        if s < len(strides):
+            cell, n = cell * strides[s], n / strides[s]
+    return worst
 
 
 def _level_factors(cfg: dict[str, Any]) -> list[float]:
@@ -274,7 +281,7 @@ def describe_memory(recipe: Any) -> MemoryDescription:
         lora_params_per_rank=int(per_rank),
         input_bytes_per_token=float(_INPUT_BYTES_PER_POINT + 4 * cfg["in_channels"]),
         index_bytes_per_token=float(index_bytes),
-        fixed_bytes_per_sample=search_bytes(profile, points) + conv_bytes,
+        fixed_bytes_per_sample=search_bytes(profile, points, cfg) + conv_bytes,
         lever=Lever("points per scene", "data.point_budget", max(64, points // 2)),
         tokens_vary=True,
         notes=notes,

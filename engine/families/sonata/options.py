@@ -48,7 +48,7 @@ DEMO_TINY_CONFIG: dict[str, Any] = dict(
     enable_flash=False,
     enc_mode=True,
 )
-"""A three-stage PT-v3m2 of about 0.1M parameters with the concatenated head (112 channels): the demo's base."""
+"""A three-stage PT-v3m2 of about 0.2M parameters with the concatenated head (112 channels): the demo's base."""
 
 BACKBONES: dict[str, dict[str, Any]] = {
     "sonata-base": SONATA_BASE_CONFIG,
