@@ -31,6 +31,8 @@ from engine.models.sonata import pointcept_state_dict
 HEAD_FILE = "head.safetensors"
 """The tensors trained in full next to the adapter (head, and a trained decoder)."""
 METADATA_FILE = "lora3d_metadata.json"
+FULL_FILE = "model.safetensors"
+"""What a `lora.method: full` run writes instead of an adapter (every weight)."""
 
 
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,18 +61,27 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
 
     Args:
         model: the base model (`SonataFamily.build_model`).
-        folder: the run's `adapter/` (or `adapter-best/`) folder.
+        folder: the run's `adapter/` (or `adapter-best/`) folder; a `lora.method: full` run's folder loads every
+            weight.
         adapter_name: the name to load the LoRA under; it becomes the active adapter.
 
     Returns:
         The same model.
 
     Raises:
-        CheckpointError: no such folder, or head tensors whose names or shapes the model does not have.
+        CheckpointError: no such folder or nothing to load in it, or head tensors whose names or shapes the
+            model does not have.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not an adapter folder, got no such directory. Pass a run's `adapter/`.")
+    if (folder / FULL_FILE).is_file():
+        # `lora.method: full`: the folder holds every weight (engine.train.trainer.save_full_model).
+        model.load_state_dict(load_file(str(folder / FULL_FILE)), strict=True)
+        return model
+    if not (folder / "adapter_config.json").is_file() and not (folder / HEAD_FILE).is_file():
+        raise CheckpointError(f"{folder}: holds no adapter (adapter_config.json), head ({HEAD_FILE}) or full model "
+                              f"({FULL_FILE}). Pass the `adapter/` folder a sonata run wrote.")
     if (folder / "adapter_config.json").is_file():
         load_lora_checkpoint(model, folder, adapter_name=adapter_name)
     head_file = folder / HEAD_FILE

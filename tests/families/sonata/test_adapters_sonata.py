@@ -29,6 +29,7 @@ from tiny_sonata import (
 )
 
 from engine.cli import main as cli_main
+from engine.errors import CheckpointError
 from engine.families.recipe import resolve_recipe
 from engine.families.scenesplat.task import model_inputs
 from engine.families.sonata.adapters import export_lora_segmentor, load_adapter
@@ -157,3 +158,17 @@ def test_default_lora_segmentor_v2_checkpoint_round_trips_through_the_family(tmp
     original = load_file(str(source))
     assert sorted(exported) == sorted(original)  # safetensors stores keys sorted
     assert all(torch.equal(exported[k], v) for k, v in original.items())
+
+
+def test_full_fine_tuning_run_merges_to_its_own_weights(workspace, tmp_path):
+    recipe = _run(workspace, tmp_path, lora={"preset": None, "method": "full"}, train={"lr": 0.01})
+    batch = _batch(recipe)
+    trained = _logits(load_adapter(recipe.family.build_model(recipe), tmp_path / "run" / "adapter"), batch)
+    assert (trained - _logits(recipe.family.build_model(recipe), batch)).abs().max() > 1e-3
+    assert cli_main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "full.safetensors")]) == 0
+    plain = SonataSegmentor(dict(TINY_BACKBONE), 20)
+    plain.load_state_dict(load_file(str(tmp_path / "full.safetensors")), strict=True)
+    torch.testing.assert_close(_logits(plain, batch), trained, atol=1e-6, rtol=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no adapter"):
+        load_adapter(recipe.family.build_model(recipe), tmp_path / "empty")
