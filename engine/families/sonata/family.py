@@ -221,14 +221,16 @@ def load_base(model: SonataSegmentor, path: Path, train_decoder: bool, prefix: s
     head = [m for m in report.mismatched if m[0].startswith("seg_head.")]
     mismatched = [m for m in report.mismatched if m not in head]
     if missing or report.unexpected or mismatched:
-        parts = ([f"{len(missing)} missing (first {missing[:2]!r})"] if missing else []) + \
-                ([f"{len(report.unexpected)} unexpected (first {report.unexpected[:2]!r})"] if report.unexpected else []) + \
-                ([f"{mismatched[0][0]} is {mismatched[0][1]} in the file, {mismatched[0][2]} in the model"] if mismatched else [])
-        hint = ("The checkpoint has no decoder: use an encoder-only backbone (`sonata-base`, `concerto-large`) or "
-                "`model.train_decoder: true`." if missing and all(k.startswith("backbone.dec.") for k in missing)
-                else "Set `model.backbone` to the checkpoint's architecture (its Pointcept config's `backbone`).")
-        raise CheckpointError(f"{path}: the base checkpoint ({report.layout} layout) does not match the "
-                              f"model, got {'; '.join(parts)}. {hint}")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[:2]!r})")
+        if report.unexpected:
+            parts.append(f"{len(report.unexpected)} unexpected (first {report.unexpected[:2]!r})")
+        if mismatched:
+            key, theirs, ours = mismatched[0]
+            parts.append(f"{key} is {theirs} in the file, {ours} in the model")
+        raise CheckpointError(f"{path}: the base checkpoint ({report.layout} layout) does not match the model, got "
+                              f"{'; '.join(parts)}. {_load_hint(missing, report.unexpected)}")
     notes = list(report.notes)
     if fresh_decoder:
         notes.append(f"the checkpoint has no decoder: the decoder ({len(fresh_decoder)} tensors) starts from its "
@@ -239,3 +241,12 @@ def load_base(model: SonataSegmentor, path: Path, train_decoder: bool, prefix: s
     model.lora3d_notes = [f"{path}: {n}" for n in notes]
     model.lora3d_base = {"path": str(path), "layout": report.layout, "loaded": len(report.loaded),
                          "notes": notes}
+
+
+def _load_hint(missing: list[str], unexpected: list[str]) -> str:
+    if missing and all(k.startswith("backbone.dec.") for k in missing):
+        return ("The checkpoint has no decoder: use an encoder-only backbone (`sonata-base`, `concerto-large`) or "
+                "`model.train_decoder: true`.")
+    if unexpected and all(".dec." in k or k.startswith("dec.") for k in unexpected):
+        return "The checkpoint has a decoder: use `sonata-base-decoder` or a backbone mapping with its `dec_*` keys."
+    return "Set `model.backbone` to the checkpoint's architecture (its Pointcept config's `backbone`)."

@@ -172,3 +172,16 @@ def test_full_fine_tuning_run_merges_to_its_own_weights(workspace, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no adapter"):
         load_adapter(recipe.family.build_model(recipe), tmp_path / "empty")
+
+
+def test_a_base_of_another_architecture_is_refused_with_the_fix(workspace, tmp_path):
+    recipe = tiny_recipe(tmp_path, model={"backbone": TINY_DECODER, "train_decoder": False, "num_classes": 20,
+                                          "pretrained": str(workspace / "concerto" / "model_last.pth")})
+    with pytest.raises(CheckpointError, match=r"missing .*The checkpoint has no decoder: use an encoder-only backbone"):
+        recipe.family.build_model(recipe)
+    wider = dict(TINY_BACKBONE, enc_channels=[8, 16, 24])
+    recipe = tiny_recipe(tmp_path, model={"backbone": wider, "num_classes": 20,
+                                          "pretrained": str(workspace / "concerto" / "model_last.pth")})
+    with pytest.raises(CheckpointError, match=r"model_last.pth: the base checkpoint \(pretraining layout\) does not "
+                                              r"match the model, got .* in the file, .* in the model. Set `model.backbone`"):
+        recipe.family.build_model(recipe)
