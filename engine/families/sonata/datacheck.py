@@ -13,19 +13,10 @@ import numpy as np
 
 from engine.errors import DataError
 from engine.families.scenesplat.data import IGNORE_INDEX, LABEL_KEYS
-from engine.families.scenesplat.datacheck import DataReport, NamedReport
+from engine.families.scenesplat.datacheck import DataReport, NamedReport, _file_of
 from engine.families.scenesplat.synthetic import SYNTHETIC_CLASSES
 from engine.families.sonata.data import build_point_sample, load_point_scene
 from engine.families.sonata.datasets import SyntheticPointRoomDataset
-
-
-def _file_of(message: str, folder: Path) -> str:
-    """The file a DataError message names (its text before the first ': '), relative to the scene."""
-    head = message.split(": ", 1)[0]
-    try:
-        return str(Path(head).relative_to(folder))
-    except ValueError:
-        return "" if head == str(folder) else head
 
 
 def scan_point_dataset(root: str | Path, splits: list[str], label_key: str = "segment20",

@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.families.scenesplat.datasets import SyntheticRoomDataset
 from engine.families.scenesplat.synthetic import DOMAINS, generate_room
 from engine.families.sonata.data import PointFolderDataset, build_point_sample
 from engine.families.sonata.transforms import build_sonata_transforms
 
 
-class SyntheticPointRoomDataset(torch.utils.data.Dataset):
+class SyntheticPointRoomDataset(SyntheticRoomDataset):
     """Synthetic rooms generated in memory as coloured point clouds with normals.
 
     Room i of a split is `generate_room(default_rng((seed, split_id, i, domain_id)))`, as SceneSplat's
     `write_synthetic_dataset` writes it; sample i of an epoch draws its augmentation from
-    `default_rng((sample_seed, epoch, i))`.
+    `default_rng((sample_seed, epoch, i))` (SceneSplat's `SyntheticRoomDataset`, whose indexing this reuses).
     """
 
     def __init__(self, split: str, count: int, domain: str = "B", seed: int = 0, num_points: int = 6000,
@@ -38,19 +39,6 @@ class SyntheticPointRoomDataset(torch.utils.data.Dataset):
         self.sample_seed = sample_seed
         self.loop = loop
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rooms) * self.loop
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        room = self.rooms[index % len(self.rooms)]
-        sample = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in room.items()}
-        if self.transforms is None:
-            return sample
-        return self.transforms(sample, rng=np.random.default_rng((self.sample_seed, self.epoch, index)))
 
 
 def build_datasets(profile: Any) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.families.base import Lever, MemoryDescription
-from engine.families.scenesplat.memory import DEFAULT_ROOM_M, SYNTHETIC_ROOM_M
+from engine.families.scenesplat.memory import DEFAULT_ROOM_M, SYNTHETIC_ROOM_M, _device_type
 from engine.models.ptv3 import sparse_conv
 
 DEFAULT_POINTS_PER_SCENE = 102_400
@@ -87,18 +87,6 @@ def backbone_params(backbone: dict[str, Any]) -> dict[str, int]:
 
 def head_width(cfg: dict[str, Any]) -> int:
     return int(sum(cfg["enc_channels"])) if cfg["enc_mode"] else int(cfg["dec_channels"][0])
-
-
-def _device_type(profile: Any) -> str:
-    device = profile.train.device
-    if device in ("cpu", "cuda"):
-        return device
-    hardware = getattr(profile, "hardware", None)
-    if hardware is not None:
-        return "cpu" if hardware.cpu_mode else "cuda"
-    import torch  # lazy: the description is plain arithmetic otherwise
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def points_per_scene(profile: Any) -> tuple[int, str]:
