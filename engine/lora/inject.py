@@ -141,12 +141,18 @@ def apply_lora_spec(model: nn.Module, spec: LoraSpec, adapter_name: str = "defau
     """Prepare a frozen base for training per `spec`: inject and mark trainable what the spec says.
 
     `lora`: LoRA (and prompts) on the spec's targets, plus `trainable_modules` in full; everything else
-    frozen. `full`: every parameter trains and nothing is injected.
+    frozen. Without targets only `trainable_modules` train and nothing is injected (linear probing: a new
+    head on a frozen base). `full`: every parameter trains and nothing is injected.
     """
     if spec.method == "full":
         return model.requires_grad_(True)
     if spec.targets is None:
-        raise ProfileError("`lora`: a LoRA spec needs targets, got none. Set `lora.target_modules`.")
+        if not spec.trainable_modules:
+            raise ProfileError("`lora`: a LoRA spec needs targets, got none. Set `lora.target_modules`.")
+        model.requires_grad_(False)
+        for name in spec.trainable_modules:
+            model.get_submodule(name).requires_grad_(True)
+        return model
     inject_targets(model, spec.targets.resolve(model), spec.r, spec.alpha, spec.dropout, adapter_name,
                    spec.enable_prompt, spec.preset)
     mark_only_lora_as_trainable(model)

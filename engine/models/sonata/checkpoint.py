@@ -136,7 +136,7 @@ def _lora_rank(state: dict[str, torch.Tensor]) -> int | None:
 
 
 def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
-                           prefix: str | None = None) -> SonataLoadReport:
+                           prefix: str | None = None, skip_lora: bool = False) -> SonataLoadReport:
     """Loads a Sonata/Concerto/Pointcept PT-v3m2 checkpoint into a backbone or a `SonataSegmentor`.
 
     Args:
@@ -146,6 +146,9 @@ def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = Tr
         strict: raise unless every model key is loaded or kept by design (see `SonataLoadReport`).
             When False, matching keys load and the rest is only reported.
         prefix: read the backbone from keys under this prefix (for layouts lora3d does not detect).
+        skip_lora: load the base weights of a LoRA checkpoint into a model without LoRA layers and set the
+            LoRA weights aside (listed in `skipped`), e.g. to use a DefaultLORASegmentorV2 checkpoint as a
+            base; without it such a checkpoint is refused with the call that injects the adapter first.
 
     Returns:
         The load report.
@@ -172,6 +175,14 @@ def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = Tr
         report.notes.append("skipped the pretraining mask token: the model is built with mask_token=False")
 
     ckpt_adapters, own_adapters = _adapters(list(ckpt)), _adapters(list(own))
+    if ckpt_adapters and not own_adapters and skip_lora:
+        lora_keys = sorted(k for k in ckpt if _LORA_RE.search(k))
+        for key in lora_keys:
+            del ckpt[key]
+        report.skipped.extend(lora_keys)
+        report.notes.append(f"set aside the checkpoint's LoRA weights ({len(lora_keys)} tensors, rank "
+                            f"{report.lora_rank}): the base and head loaded without them")
+        ckpt_adapters = set()
     if ckpt_adapters and not own_adapters:
         raise CheckpointError(
             f"{path}: the checkpoint holds LoRA weights (rank {report.lora_rank}, adapter "

@@ -1,30 +1,87 @@
-"""Provides LoRA on PT-v3m2 the way Pointcept fine-tunes it, and LoRA parameter counts without weights.
+"""Provides LoRA on PT-v3m2 the way Pointcept fine-tunes it, its presets as data, and counts without weights.
 
 PT-v3m2 uses PT-v3m1's module names (`enc.enc{s}.block{i}.attn.qkv`, ...), so engine.lora's resolver
 finds its stages unchanged. Pointcept's `DefaultLORASegmentorV2` adapts only the encoder's `qkv`
-(r 8, alpha 16, dropout 0.1 in the Concerto configs); lora3d's target groups have no qkv-only group
-yet, so `lora_target_names` filters the `attn` group's `qkv` role (full module names for PEFT).
+(r 8, alpha 16, dropout 0.1 in the Concerto configs): engine.lora's `qkv` target group. The presets
+widen the targets (`attn`: qkv + proj, `attn+mlp`: also fc1, fc2) at Pointcept's rank, alpha and dropout.
+
+`inject_lora_to_sonata` is the seeds' `inject_lora_to_ptv3` call for this backbone (same arguments,
+Pointcept's defaults, plus `preset=`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from engine.errors import ProfileError
-from engine.lora.config import build_lora_config
-from engine.lora.inject import inject_lora_layers, is_lora_parameter_name
-from engine.lora.targets import resolve_ptv3_targets
+from engine.lora.inject import inject_targets, is_lora_parameter_name
+from engine.lora.spec import PTv3Stages, tuple_or_none
+from engine.lora.targets import PTV3_MODULE_GROUPS
 from engine.models.sonata.model import PointTransformerV3M2
 
-LORA_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "qkv": (("attn",), ("qkv",)),
-    "attn": (("attn",), ("qkv", "proj")),
-    "attn+mlp": (("attn", "mlp"), ("qkv", "proj", "fc1", "fc2")),
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "qkv": ("qkv",),
+    "attn": ("attn",),
+    "attn+mlp": ("attn", "mlp"),
 }
-"""Target name -> (engine.lora target groups, linear roles kept). "qkv" is DefaultLORASegmentorV2's."""
+"""Target set name -> engine.lora target groups. "qkv" is DefaultLORASegmentorV2's `target_modules=["qkv"]`."""
+
+
+def target_roles(targets: str) -> tuple[str, ...]:
+    """The linear roles (last name part) a target set adapts, e.g. `("qkv", "proj")` for "attn"."""
+    _check_targets(targets)
+    return tuple(dict.fromkeys(role for group in LORA_TARGETS[targets] for role in PTV3_MODULE_GROUPS[group]))
+
+
+@dataclass(frozen=True)
+class SonataLoraPreset:
+    """A named LoRA setting for PT-v3m2 (data: the family applies it to a profile's `lora` keys).
+
+    Attributes:
+        name: the preset's name (`lora.preset`).
+        r: LoRA rank.
+        lora_alpha: LoRA alpha (scale alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        target_modules: engine.lora target groups on every encoder stage.
+        description: one line for the wizard.
+    """
+
+    name: str
+    r: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: tuple[str, ...]
+    description: str
+    architecture: ClassVar[str] = "PT-v3m2"
+
+    def profile_values(self, context: Any = None) -> dict[str, Any]:
+        """The `lora` profile keys this preset sets (every encoder stage: Pointcept adapts them all)."""
+        return {"r": self.r, "alpha": float(self.lora_alpha), "dropout": self.lora_dropout,
+                "target_modules": list(self.target_modules), "target_stages": None, "encoder_only": True}
+
+    def kwargs(self) -> dict[str, Any]:
+        """The `inject_lora_to_sonata` keyword arguments of this preset."""
+        return {"r": self.r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "target_modules": self.target_modules, "encoder_only": True, "target_stages": None}
+
+
+SONATA_LORA_PRESETS: dict[str, SonataLoraPreset] = {
+    p.name: p
+    for p in (
+        SonataLoraPreset("pointcept-lora", 8, 16, 0.1, ("qkv",),
+                         "Pointcept's LoRA (Concerto ft-lora configs): rank 8, alpha 16, dropout 0.1 on every encoder qkv"),
+        SonataLoraPreset("attn", 8, 16, 0.1, ("attn",),
+                         "rank 8, alpha 16, dropout 0.1 on every encoder attention (qkv + proj)"),
+        SonataLoraPreset("attn+mlp", 8, 16, 0.1, ("attn", "mlp"),
+                         "rank 8, alpha 16, dropout 0.1 on every encoder attention and MLP: larger domain shifts"),
+    )
+}
+"""PT-v3m2 LoRA presets by name."""
 
 POINTCEPT_LORA: dict[str, Any] = dict(r=8, lora_alpha=16, lora_dropout=0.1, targets="qkv")
 """Pointcept's LoRA fine-tuning settings (configs/concerto/*-ft-lora.py, DefaultLORASegmentorV2 defaults)."""
@@ -44,9 +101,53 @@ def lora_target_names(model: nn.Module, targets: str = "qkv") -> tuple[str, ...]
         targets: "qkv" (Pointcept's LoRA), "attn" (qkv + proj) or "attn+mlp" (also fc1, fc2).
     """
     _check_targets(targets)
-    groups, roles = LORA_TARGETS[targets]
-    resolved = resolve_ptv3_targets(model, groups, encoder_only=True)
-    return tuple(name for name in resolved.modules if resolved.roles[name][1] in roles)
+    return PTv3Stages(LORA_TARGETS[targets], encoder_only=True).resolve(model).modules
+
+
+def inject_lora_to_sonata(
+    model: nn.Module,
+    r: int = 8,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.1,
+    target_modules: Sequence[str] = ("qkv",),
+    encoder_only: bool = True,
+    target_stages: Iterable[int | str] | None = None,
+    adapter_name: str = "default",
+    preset: str | None = None,
+) -> nn.Module:
+    """Injects PEFT LoRA into a PT-v3m2 model (the seeds' `inject_lora_to_ptv3` call, Pointcept's defaults).
+
+    The layers are PEFT's own, injected in place: keys read `enc.enc0.block0.attn.qkv.lora_A.default.weight`
+    where DefaultLORASegmentorV2 has `enc.base_model.model.enc0...` (checkpoint.py converts both ways).
+
+    Args:
+        model: a `PointTransformerV3M2` or a model wrapping one (`SonataSegmentor`).
+        r, lora_alpha, lora_dropout: LoRA rank, alpha (scale alpha / r) and input dropout.
+        target_modules: engine.lora groups: `qkv` (Pointcept's), `attn` (qkv + proj), `mlp` (fc1 + fc2).
+        encoder_only: skip decoder stages (Pointcept adapts the encoder only).
+        target_stages: None for every stage, or encoder indices / names `enc2`, `dec0`.
+        adapter_name: the adapter's name (several may share one base).
+        preset: a `SONATA_LORA_PRESETS` name; its values replace the arguments above.
+
+    Returns:
+        The same model, with LoRA layers in place and everything else frozen (PEFT's injection).
+
+    Raises:
+        ProfileError: an unknown preset, group or stage, or bad hyper-parameters.
+    """
+    if preset is not None:
+        if preset not in SONATA_LORA_PRESETS:
+            raise ProfileError(f"preset: not a PT-v3m2 LoRA preset, got {preset!r}. "
+                               f"Use one of {sorted(SONATA_LORA_PRESETS)!r}.")
+        values = SONATA_LORA_PRESETS[preset].kwargs()
+        r, lora_alpha, lora_dropout = values["r"], values["lora_alpha"], values["lora_dropout"]
+        target_modules, encoder_only, target_stages = values["target_modules"], True, None
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    rule = PTv3Stages(tuple(target_modules), encoder_only, tuple_or_none(target_stages))
+    targets = rule.resolve(model)
+    targets.record["backbone"] = "PT-v3m2"
+    return inject_targets(model, targets, r, lora_alpha, lora_dropout, adapter_name, preset=preset)
 
 
 def inject_pointcept_lora(
@@ -57,32 +158,9 @@ def inject_pointcept_lora(
     targets: str = "qkv",
     adapter_name: str = "default",
 ) -> nn.Module:
-    """Injects PEFT LoRA into the encoder of a PT-v3m2 model (defaults: Pointcept's LoRA fine-tuning).
-
-    The layers are PEFT's own, injected in place: keys read `enc.enc0.block0.attn.qkv.lora_A.default.weight`
-    where DefaultLORASegmentorV2 has `enc.base_model.model.enc0...` (checkpoint.py converts both ways).
-
-    Returns:
-        The same model, with LoRA layers in place and everything else frozen (PEFT's injection).
-    """
-    names = lora_target_names(model, targets)
-    resolved = resolve_ptv3_targets(model, LORA_TARGETS[targets][0], encoder_only=True)
-    config = build_lora_config(names, r, lora_alpha, lora_dropout)
-    record: dict[str, Any] = {
-        "family": "ptv3",
-        "backbone": "PT-v3m2",
-        "r": r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": float(lora_dropout),
-        "target_modules": [targets],
-        "encoder_only": True,
-        "target_stages": None,
-        "stages": list(resolved.stages),
-        "prefix": resolved.prefix,
-        "roles": {name: list(resolved.roles[name]) for name in names},
-        "enable_prompt": False,
-    }
-    return inject_lora_layers(model, config, adapter_name, record)
+    """Injects LoRA as Pointcept's DefaultLORASegmentorV2 does (encoder, `targets` set, its defaults)."""
+    _check_targets(targets)
+    return inject_lora_to_sonata(model, r, lora_alpha, lora_dropout, LORA_TARGETS[targets], True, None, adapter_name)
 
 
 def count_lora_parameters(config: dict[str, Any], r: int, targets: str = "qkv") -> dict[str, int]:

@@ -113,7 +113,9 @@ class PointTransformerV3M2(nn.Module):
 
         self.embedding = Embedding(in_channels, enc_channels[0], mask_token=mask_token)
         enc_drop = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
-        self.enc = nn.Module()
+        # A container whose forward runs its stages (Pointcept's PointSequential), so the encoder can be
+        # wrapped as one module, as DefaultLORASegmentorV2 does with `get_peft_model(backbone.enc, ...)`.
+        self.enc = Stage()
         for s in range(self.num_stages):
             stage = Stage()
             if s > 0:
@@ -141,7 +143,7 @@ class PointTransformerV3M2(nn.Module):
                     stacklevel=2,
                 )
             dec_drop = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
-            self.dec = nn.Module()
+            self.dec = Stage()
             for s in reversed(range(n_dec)):
                 drops = dec_drop[sum(dec_depths[:s]) : sum(dec_depths[: s + 1])][::-1]
                 stage = Stage()
@@ -193,9 +195,7 @@ class PointTransformerV3M2(nn.Module):
         """Runs the backbone on a Pointcept input dict (see the class docstring for the result)."""
         point = self.embedding(build_point(data))
         point = serialize_level(point, self.order, self.shuffle_orders and self.training)
-        for stage in self.enc.children():
-            point = stage(point)
+        point = self.enc(point)
         if not self.enc_mode:
-            for stage in self.dec.children():
-                point = stage(point)
+            point = self.dec(point)
         return point

@@ -13,11 +13,14 @@ from engine.models.sonata import (
     LORA_TARGETS,
     SONATA_BASE_CONFIG,
     SONATA_BASE_DECODER_CONFIG,
+    SONATA_LORA_PRESETS,
     PointTransformerV3M2,
     SonataSegmentor,
     count_lora_parameters,
+    inject_lora_to_sonata,
     inject_pointcept_lora,
     lora_target_names,
+    target_roles,
 )
 
 TINY = dict(
@@ -43,7 +46,7 @@ def _closed_form(config: dict, r: int, targets: str) -> int:
 def test_lora_counts_equal_the_closed_form(name, config, targets):
     counts = count_lora_parameters(config, r=8, targets=targets)
     assert counts["lora"] == _closed_form(config, 8, targets)
-    assert counts["modules"] == 24 * len(LORA_TARGETS[targets][1])  # 24 encoder blocks
+    assert counts["modules"] == 24 * len(target_roles(targets))  # 24 encoder blocks
 
 
 def test_lora_counts_of_the_released_shapes():
@@ -87,3 +90,22 @@ def test_engine_lora_resolver_finds_the_stages_unchanged():
 def test_unknown_target_set_is_refused():
     with pytest.raises(ProfileError, match="attn\\+mlp"):
         count_lora_parameters(SONATA_BASE_CONFIG, r=8, targets="mlp")
+
+
+@pytest.mark.parametrize("preset", sorted(SONATA_LORA_PRESETS))
+def test_inject_lora_to_sonata_applies_each_preset(preset):
+    model = SonataSegmentor(dict(TINY, enc_mode=True), 3)
+    inject_lora_to_sonata(model, preset=preset)
+    values = SONATA_LORA_PRESETS[preset]
+    record = model.lora3d_targets["default"]
+    assert record["preset"] == preset and record["backbone"] == "PT-v3m2"
+    assert (record["r"], record["lora_alpha"], record["lora_dropout"]) == (values.r, values.lora_alpha, values.lora_dropout)
+    roles = target_roles({"pointcept-lora": "qkv"}.get(preset, preset))
+    assert len(record["modules"]) == 4 * len(roles) and all(m.rsplit(".", 1)[1] in roles for m in record["modules"])
+    lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert lora == _closed_form(TINY, values.r, {"pointcept-lora": "qkv"}.get(preset, preset))
+
+
+def test_unknown_sonata_preset_lists_the_presets():
+    with pytest.raises(ProfileError, match="not a PT-v3m2 LoRA preset, got 'standard'. Use one of \\['attn'"):
+        inject_lora_to_sonata(PointTransformerV3M2(**TINY), preset="standard")
