@@ -95,7 +95,7 @@ def load_npy(path: Path) -> np.ndarray:
     return input_limits.load_npy(path)
 
 
-def _check_array(path: Path, name: str, array: np.ndarray) -> np.ndarray:
+def check_array(path: Path, name: str, array: np.ndarray) -> np.ndarray:
     trailing, kind = _SPECS[name]
     if name in _SQUEEZABLE and array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
@@ -160,7 +160,7 @@ def load_scene(folder: str | Path, names: Sequence[str] | None = None) -> dict[s
     scene: dict[str, np.ndarray] = {}
     for name in present:
         path = folder / f"{name}.npy"
-        scene[name] = _check_array(path, name, load_npy(path))
+        scene[name] = check_array(path, name, load_npy(path))
     n = len(scene["coord"])
     if n == 0:
         raise DataError(
@@ -446,7 +446,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         for name in REQUIRED_FILES:
             path = folder / f"{name}.npy"
             try:
-                lengths[name] = _read_npy_length(path)
+                lengths[name] = read_npy_length(path)
             except DataError as err:
                 self.skipped.append((folder.name, str(err)))
                 return False
@@ -496,7 +496,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         )
 
 
-def _read_npy_length(path: Path) -> int:
+def read_npy_length(path: Path) -> int:
     """Reads an .npy header and checks the file is long enough for the declared array."""
     shape = input_limits.read_npy_header(path).shape
     return int(shape[0]) if shape else 0

@@ -102,7 +102,7 @@ class DataReport:
             console.print("[green]No problems found.[/green]")
 
 
-def _file_of(message: str, folder: Path) -> str:
+def file_of(message: str, folder: Path) -> str:
     """The file a DataError message names (its text before the first ': '), relative to the scene."""
     head = message.split(": ", 1)[0]
     try:
@@ -162,7 +162,7 @@ def scan_dataset(
                 scene = load_scene(folder)
                 build_sample(scene, folder.name, label_key, folder=folder)
             except DataError as err:
-                report.problems.append((str(folder), _file_of(str(err), folder), str(err)))
+                report.problems.append((str(folder), file_of(str(err), folder), str(err)))
                 continue
             counts.append(len(scene["coord"]))
             if "lang_feat" in scene:

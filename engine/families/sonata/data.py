@@ -32,10 +32,10 @@ from engine.families.scenesplat.data import (
     IGNORE_INDEX,
     LABEL_KEYS,
     SceneFolderDataset,
-    _check_array,
-    _read_npy_length,
+    check_array,
     load_npy,
     normalize_color,
+    read_npy_length,
 )
 
 REQUIRED_FILES = ("coord", "color", "normal")
@@ -67,7 +67,7 @@ def load_point_scene(folder: str | Path) -> dict[str, np.ndarray]:
     scene = {}
     for name in present:
         path = folder / f"{name}.npy"
-        scene[name] = _check_array(path, name, load_npy(path))
+        scene[name] = check_array(path, name, load_npy(path))
     n = len(scene["coord"])
     if n == 0:
         raise DataError(f"{folder / 'coord.npy'}: scene is empty, got 0 points. Remove the scene folder or re-export it.")
@@ -119,7 +119,7 @@ class PointFolderDataset(SceneFolderDataset):
         lengths = {}
         for name in REQUIRED_FILES:
             try:
-                lengths[name] = _read_npy_length(folder / f"{name}.npy")
+                lengths[name] = read_npy_length(folder / f"{name}.npy")
             except DataError as err:
                 self.skipped.append((folder.name, str(err)))
                 return False

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.errors import DataError
 from engine.families.scenesplat.data import IGNORE_INDEX, LABEL_KEYS
-from engine.families.scenesplat.datacheck import DataReport, NamedReport, _file_of
+from engine.families.scenesplat.datacheck import DataReport, NamedReport, file_of
 from engine.families.scenesplat.synthetic import SYNTHETIC_CLASSES
 from engine.families.sonata.data import build_point_sample, load_point_scene
 from engine.families.sonata.datasets import SyntheticPointRoomDataset
@@ -56,7 +56,7 @@ def scan_point_dataset(root: str | Path, splits: list[str], label_key: str = "se
                 scene = load_point_scene(folder)
                 build_point_sample(scene, folder.name, label_key, folder)
             except DataError as err:
-                report.problems.append((str(folder), _file_of(str(err), folder), str(err)))
+                report.problems.append((str(folder), file_of(str(err), folder), str(err)))
                 continue
             counts.append(len(scene["coord"]))
             if label_key not in scene:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.families.base import Lever, MemoryDescription
-from engine.families.scenesplat.memory import DEFAULT_ROOM_M, SYNTHETIC_ROOM_M, _device_type
+from engine.families.scenesplat.memory import DEFAULT_ROOM_M, SYNTHETIC_ROOM_M
 from engine.models.ptv3 import sparse_conv
 
 DEFAULT_POINTS_PER_SCENE = 102_400
@@ -251,7 +251,7 @@ def describe_memory(recipe: Any) -> MemoryDescription:
 
     index_bytes = sum(f * (3 * 8 * len(cfg["order"]) + 16 * _NEIGHBOURS_K3 + 16) for f in factors[:num_enc])
     points, source = points_per_scene(profile)
-    conv_bytes = 4 * max(sparse_conv.conv_transient_elements(max(1, int(points * f)), c, c, _device_type(profile))
+    conv_bytes = 4 * max(sparse_conv.conv_transient_elements(max(1, int(points * f)), c, c, profile.device_type)
                          for f, c in zip(factors, enc_ch))
     regime = ("full fine-tuning" if lora.method == "full" else "linear probing (no adapter)" if per_rank == 0
               else f"LoRA on {', '.join(sorted(modules))} of {len(targets)} stage(s)")
