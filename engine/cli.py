@@ -85,9 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from engine.launch import launch_profile  # lazy: imports torch
 
         return launch_profile(profile, args.profile, args.set, out=args.out, resume=args.resume, force=True)
-    from engine.train.display import HeadlessDisplay
-    from engine.train.prerequisites import ensure_prerequisites
-    from engine.train.trainer import Trainer
+    from engine.train.display import HeadlessDisplay  # lazy: the trainer imports torch; see load_recipe above
+    from engine.train.prerequisites import ensure_prerequisites  # lazy: as above
+    from engine.train.trainer import Trainer  # lazy: as above
 
     display = HeadlessDisplay(quiet=args.quiet)
     trainer = Trainer(recipe, resume=args.resume, listeners=[display], prepare=ensure_prerequisites)

@@ -18,6 +18,7 @@ import math
 import re
 import stat
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -28,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import DataError, DataNotFoundError
 
 MAX_IMAGE_PIXELS = 8192 * 8192
-"""Largest image read (67 megapixels; MIDI works at 512 x 512, a camera photo has 24-50 megapixels)."""
+"""Largest image read (67 megapixels; the image models work at 512 x 512, a camera photo has 24-50 megapixels)."""
 MAX_PLY_HEADER_BYTES = 65536
 """Longest PLY header read (a 3DGS header with 62 properties is about 1.5 KB)."""
 
@@ -155,8 +156,6 @@ def check_npz_members(path: Path, max_member_bytes: int) -> None:
     Raises:
         DataError: an unreadable archive, or a member over the bound or larger than its entry.
     """
-    import zipfile  # lazy: only prepared MIDI scenes are .npz
-
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -281,7 +280,7 @@ def image_size_problem(image: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -
     if width * height <= max_pixels:
         return None
     return (f"is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} pixels lora3d reads. "
-            "Resize it (MIDI works at 512x512)")
+            "Resize it (the image models work at 512x512)")
 
 
 class ImageTooLargeError(DataError):
@@ -303,8 +302,8 @@ def open_lazily(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found[1]):,} pixels" if found else "a size Pillow refuses"
-        raise ImageTooLargeError(f"is {size}, more than the {max_pixels:,} pixels lora3d reads. Resize it (MIDI "
-                                 "works at 512x512)") from None
+        raise ImageTooLargeError(f"is {size}, more than the {max_pixels:,} pixels lora3d reads. Resize it (the image "
+                                 "models work at 512x512)") from None
     problem = image_size_problem(image, max_pixels)
     if problem:
         image.close()

@@ -12,7 +12,7 @@ __all__ = ["make_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "make_app":
-        from wizard.app import make_app
+        from wizard.app import make_app  # lazy: `import wizard` stays light; Textual loads on first use
 
         return make_app
     raise AttributeError(f"module 'wizard' has no attribute {name!r}")

@@ -57,7 +57,7 @@ class WizardApp(App[Any]):
             return self.draft.hardware
         if self._probe is not None:
             return self._probe()
-        from engine.hardware import probe_hardware
+        from engine.hardware import probe_hardware  # lazy: imports torch; tests inject `probe`
 
         return probe_hardware()
 

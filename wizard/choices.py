@@ -48,7 +48,7 @@ class ModelChoice:
 
     @property
     def short_name(self) -> str:
-        """The family label's part before the colon (e.g. `Toy`), plus ` demo` for a demo."""
+        """The family label's part before the colon (the short name), plus ` demo` for a demo."""
         return self.family_label.split(":")[0] + (" demo" if self.demo else "")
 
     def description(self) -> str:

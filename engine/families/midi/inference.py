@@ -16,12 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from engine import input_limits
-from engine.errors import CheckpointError, DataError
-from engine.models.dit.mesh import MAX_OCTREE_RESOLUTION
+from engine.errors import CheckpointError, DataError, HardwareError
+from engine.families.midi.latents import FrozenParts, encode_conditions
+from engine.families.midi.options import resolve_mi_blocks
+from engine.families.midi.render import instance_colors
+from engine.families.midi.task import condition_kwargs, generate_latents
+from engine.lora import load_lora_checkpoint, read_lora_checkpoint
+from engine.models.dit.conditioning import split_instances
+from engine.models.dit.mesh import MAX_OCTREE_RESOLUTION, extract_mesh
+from engine.models.dit.pipeline import load_pipeline
 
 __all__ = ["SCENE_SUFFIXES", "SceneInputs", "load_scene_inputs", "run_inference", "write_scene"]
 
@@ -72,8 +82,6 @@ def load_scene_inputs(rgb_image: Path, seg_image: Path) -> SceneInputs:
     Raises:
         DataError: a missing or unreadable file, an id map of another size, or one without instances.
     """
-    from engine.models.dit.conditioning import split_instances
-
     rgb = np.asarray(_open_image(Path(rgb_image), "scene image").convert("RGB"))
     id_map = _id_map(_open_image(Path(seg_image), "segmentation image"), Path(seg_image))
     if id_map.shape != rgb.shape[:2]:
@@ -118,8 +126,6 @@ def _resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from engine.errors import HardwareError
-
         raise HardwareError(f"`--device`: no CUDA GPU is visible, got {device!r}. Use `--device cpu` or `auto`.")
     return torch.device(device)
 
@@ -128,8 +134,6 @@ def _is_merged_transformer(path: Path) -> bool:
     if path.is_dir():
         return (path / "config.json").is_file() and any(path.glob("diffusion_pytorch_model*.safetensors"))
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as handle:
                 names = list(handle.keys())  # safe_open handles are not iterable
@@ -154,8 +158,6 @@ def apply_weights(dit: nn.Module, path: Path) -> dict:
             "transformer) to `--lora_path`."
         )
     if _is_merged_transformer(path):
-        from safetensors.torch import load_file
-
         file = path if path.is_file() else sorted(path.glob("diffusion_pytorch_model*.safetensors"))[0]
         state = load_file(str(file))
         try:
@@ -166,8 +168,6 @@ def apply_weights(dit: nn.Module, path: Path) -> dict:
                 "Use the `--pretrained` folder it was merged from."
             ) from None
         return {}
-    from engine.lora import load_lora_checkpoint, read_lora_checkpoint
-
     _, meta, _ = read_lora_checkpoint(path)
     load_lora_checkpoint(dit, path)
     dit.requires_grad_(False)
@@ -176,10 +176,6 @@ def apply_weights(dit: nn.Module, path: Path) -> dict:
 
 def write_scene(meshes: list, names: list[str], output: Path) -> Path:
     """Writes one scene file: GLB/OBJ with a named mesh per instance, PLY as the coloured union (atomic)."""
-    import trimesh
-
-    from engine.families.midi.render import instance_colors
-
     _check_output(output)
     colors = instance_colors(len(meshes))
     scene = trimesh.Scene()
@@ -246,12 +242,6 @@ def run_inference(
     Returns:
         The written scene file.
     """
-    from engine.families.midi.latents import FrozenParts, encode_conditions
-    from engine.families.midi.options import resolve_mi_blocks
-    from engine.families.midi.task import condition_kwargs, generate_latents
-    from engine.models.dit.mesh import extract_mesh
-    from engine.models.dit.pipeline import load_pipeline
-
     output = Path(output)
     _check_output(output)
     for name, value, limit in (("--steps", steps, 10_000), ("--octree_resolution", octree_resolution,

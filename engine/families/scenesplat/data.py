@@ -25,6 +25,7 @@ module produces each of those arrays in its range and transforms.py only concate
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -556,8 +557,6 @@ def load_text_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
     Raises:
         DataError: missing or unreadable file, wrong shape, NaN, or a name count that disagrees.
     """
-    import json
-
     path = Path(path)
     if path.suffix == ".pt":
         input_limits.regular_file_size(path, "text-embedding file", "Point to the text-embedding file.")

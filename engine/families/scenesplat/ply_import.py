@@ -28,7 +28,7 @@ import plyfile
 from engine import input_limits
 from engine.atomic import atomic_folder
 from engine.errors import DataError
-from engine.families.scenesplat.data import normalize_quat
+from engine.families.scenesplat.data import load_npy, normalize_quat
 
 SH_C0 = 0.28209479177387814
 REQUIRED_PROPERTIES = (
@@ -168,8 +168,6 @@ def import_3dgs_ply(
     if labels is not None:
         label_path = Path(labels) if isinstance(labels, (str, Path)) else None
         if label_path is not None:
-            from engine.families.scenesplat.data import load_npy
-
             labels = load_npy(label_path)
         labels = np.asarray(labels)
         where = label_path or "labels"

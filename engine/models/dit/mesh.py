@@ -157,6 +157,7 @@ def mesh_sdf(
     lo, hi = grid_bounds(bounds)
     grid, stats = sdf_grid(sdf_fn, bounds, octree_resolution, num_chunks, refine, mc_level, device)
     if smooth_sigma:
+        # lazy: scipy only for the optional smoothing (0.3 s import)
         from scipy.ndimage import gaussian_filter
 
         grid = gaussian_filter(grid, sigma=smooth_sigma)
