@@ -67,6 +67,10 @@ def test_cli_exit_code_3_for_a_stopped_run(tmp_path, monkeypatch, capsys):
     assert cli_main(["train", str(path), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert "stopped at step 2" in err and "partial adapter" in err and "--resume" in err and "Traceback" not in err
+    # merging the stopped run's adapter says it is partial (the toy family then refuses: it writes no merge)
+    assert cli_main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 2
+    out = capsys.readouterr()
+    assert "a stopped run's adapter (step 2 of 6)" in out.out + out.err and "--resume" in out.out + out.err
     monkeypatch.setattr(Trainer, "run", real_run)
     assert cli_main(["train", str(tmp_path / "run" / "profile.resolved.yaml"), "--quiet", "--resume"]) == 0
 
