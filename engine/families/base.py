@@ -220,6 +220,9 @@ class Family:
     demo: ClassVar[str | None] = None
     """`module:function` of the built-in demo (`lora3d demo NAME`): `run_demo(out_dir, console, quick, seed)`."""
     wizard: ClassVar[WizardSpec | None] = None
+    identity_ignores: ClassVar[frozenset[str]] = frozenset()
+    """Dotted profile keys of the family that change neither the samples nor the optimisation (how it evaluates),
+    left out of the resume identity (`engine.train.identity`) so that changing them never blocks a resume."""
 
     # ------------------------------------------------------------------ profile -> recipe
     @classmethod

@@ -3,7 +3,8 @@
 One path for every family: the engine records the base architecture, the trainable tensors and every
 resolved profile key that changes the sample stream or the optimisation; the family adds what it
 resolves at build time (`Family.identity`). Keys that change neither (where logs and checkpoints go, how
-many loader workers, the launch layout) are left out, so changing them never blocks a resume.
+many loader workers, the launch layout, and what the family declares in `Family.identity_ignores`) are left
+out, so changing them never blocks a resume.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def run_identity(recipe: Recipe, model: nn.Module, dataset: Any = None, num_proc
     """Everything a checkpoint must share with the run that resumes it, as nested plain data."""
     data = recipe.profile.to_yaml_dict()
     identity: dict[str, Any] = {"family": recipe.family.name}
+    ignored = IGNORED_KEYS | recipe.family.identity_ignores
     for section in _SECTIONS:
-        identity[section] = {k: v for k, v in data[section].items() if f"{section}.{k}" not in IGNORED_KEYS}
+        identity[section] = {k: v for k, v in data[section].items() if f"{section}.{k}" not in ignored}
     train = recipe.profile.train
     identity["train"]["effective_batch"] = train.batch_size * train.grad_accum * num_processes
     if dataset is not None:

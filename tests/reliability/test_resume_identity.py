@@ -105,7 +105,7 @@ def _check_every_key(recipe: Any, model: Any, folder: Path) -> None:
     for section in SECTIONS:
         for key, value in data[section].items():
             dotted = f"{section}.{key}"
-            if dotted in IGNORED_KEYS or dotted in NOT_VARIED:
+            if dotted in IGNORED_KEYS or dotted in recipe.family.identity_ignores or dotted in NOT_VARIED:
                 continue
             varied = _vary(recipe, section, key, folder)
             if varied is None:
@@ -169,6 +169,10 @@ def test_midi_every_key_is_in_the_identity_and_the_family_fields_too(midi_base, 
     saved = run_identity(recipe, model)
     saved["midi"] = {"mi_blocks": [0, 1]}
     assert "midi.mi_blocks: checkpoint [0, 1], this run [1]" in identity_differences(saved, run_identity(recipe, model))
+    # how the run is evaluated is declared outside the identity: changing it never blocks a resume
+    assert {"data.eval_sample_steps", "data.eval_chamfer_every"} <= recipe.family.identity_ignores
+    other = recipe.with_overrides({"data.eval_sample_steps": 3, "data.eval_chamfer_every": 5})
+    assert identity_differences(run_identity(recipe, model), run_identity(other, model)) == []
 
 
 # ---------------------------------------------------------------------- end to end (toy)

@@ -83,6 +83,8 @@ class MidiFamily(Family):
     lora_options = MidiLoraOptions
     presets = DIT_PRESETS
     demo = "engine.families.midi.demo:run_demo"
+    # The Chamfer evaluation's settings: how the run is judged, not what it trains on.
+    identity_ignores = frozenset(f"data.{key}" for key in MidiDataOptions.model_fields if key.startswith("eval_"))
     wizard = WizardSpec(
         description="MIDI-3D / TripoSG rectified-flow DiT (diffusers folder), CLIP + DINOv2 conditioning; "
         "LoRA on the attention projections of chosen blocks. VAE and encoders stay frozen (latents cached).",
