@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.errors import CheckpointError
 from engine.hardware import probe_hardware
+from engine.train.events import check_event_log
 from wizard.choices import default_choice
 from wizard.draft import REPO_ROOT, ProfileDraft, free_run_dir
 from wizard.plain import answers_from, questionary_answer, run_plain, watch_plain
@@ -98,6 +99,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not (run_dir / "events.jsonl").exists() and not (run_dir / "train.log").exists():
         raise CheckpointError(f"{run_dir}: has no events.jsonl, so it is not a lora3d run (yet). "
                               "Pass the folder `lora3d train --out` wrote.")
+    check_event_log(run_dir / "events.jsonl")  # a folder or unreadable log: one message, before any screen
     if args.plain or not _is_tty():
         state = watch_plain(run_dir, sys.stdout)
         return EXIT_OK if state.status in ("completed", "stopped", "running") else EXIT_FAILED

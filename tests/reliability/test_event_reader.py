@@ -92,6 +92,18 @@ def test_events_jsonl_as_a_folder_is_exit_2(tmp_path, capsys):
     assert "events.jsonl: is a folder, not an event log" in err and "Traceback" not in err
 
 
+def test_events_jsonl_as_a_folder_is_refused_before_the_dashboard_opens(tmp_path, capsys, monkeypatch):
+    import wizard.app
+    import wizard.commands
+
+    run = tmp_path / "run"
+    (run / "events.jsonl").mkdir(parents=True)
+    monkeypatch.setattr(wizard.commands, "_is_tty", lambda: True)
+    monkeypatch.setattr(wizard.app, "make_app", lambda **kw: pytest.fail("the dashboard opened on a bad event log"))
+    assert cli_main(["watch", str(run)]) == 2
+    assert "events.jsonl: is a folder, not an event log" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("size_mb", [12, pytest.param(200, marks=pytest.mark.slow)])
 def test_an_over_long_line_is_skipped_in_bounded_memory(tmp_path, size_mb):
     """A 200 MB event line used to be read whole and printed whole."""
