@@ -19,6 +19,7 @@ NOTE: datasets must be deterministic given (profile seed, epoch, index): the tra
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,13 @@ class Recipe:
         return self.family.resolve(validate_profile(data, self.source, self.family.extension()), source=self.source)
 
 
+def auto_workers(device_type: str, cpu_count: int) -> int:
+    """`data.num_workers: auto`: a GPU step is fed by up to 4 loader processes with one core left for the
+    training process (4 keep a 192k-point SceneSplat scene per 0.25 s GPU step fed, docs/benchmarks.md);
+    a CPU run loads in its own process, since workers would take the cores the model computes on."""
+    return min(4, max(0, cpu_count - 1)) if device_type == "cuda" else 0
+
+
 class Family:
     """Base class of a family plugin. Subclasses set the class attributes and override the methods."""
 
@@ -273,6 +281,10 @@ class Family:
         data = profile.to_yaml_dict()
         data["model"]["task"] = task
         data["lora"] = lora_values
+        if profile.data.num_workers == "auto":
+            data["data"]["num_workers"] = auto_workers(profile.device_type, os.cpu_count() or 1)
+            notes.append(f"data.num_workers: auto -> {data['data']['num_workers']} on this {profile.device_type} machine "
+                         f"({os.cpu_count()} cores)")
         resolved = validate_profile(data, source, self.extension())
         errors.extend(self.check(resolved))
         if errors:

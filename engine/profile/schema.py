@@ -79,7 +79,18 @@ class DataSection(Section):
     on_error: Literal["stop", "skip"] = Field(
         default="stop", description="A bad scene stops the run (`stop`) or is skipped and reported (`skip`)."
     )
-    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
+    num_workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="DataLoader worker processes; `auto`: on a GPU up to 4 (one core left for the training "
+        "process), on a CPU 0 (workers would take the cores the model computes on).",
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError(f"must be `auto` or 0..64, got {value}")
+        return value
 
 
 class TrainSection(Section):

@@ -151,3 +151,20 @@ def test_repeated_set_flags_accumulate(tmp_path, write_profile):
 
     args = build_parser().parse_args(["validate", "p.yaml", "--set", "lora.r=8", "--set", "train.lr=1e-3"])
     assert args.set == ["lora.r=8", "train.lr=1e-3"]
+
+
+@pytest.mark.parametrize(("device", "cores", "expected"), [("cpu", 16, 0), ("cuda", 16, 4), ("cuda", 2, 1), ("cuda", 1, 0)])
+def test_auto_loader_workers(device, cores, expected):
+    from engine.families.base import auto_workers
+
+    assert auto_workers(device, cores) == expected
+
+
+def test_num_workers_auto_is_resolved_and_said(tmp_path, write_profile):
+    recipe = load_recipe(write_profile(toy_profile_dict(tmp_path)), ["train.device=cpu"])
+    assert recipe.profile.data.num_workers == 0
+    assert any(n.startswith("data.num_workers: auto -> 0 on this cpu machine") for n in recipe.notes)
+    explicit = load_recipe(write_profile(toy_profile_dict(tmp_path)), ["data.num_workers=3"])
+    assert explicit.profile.data.num_workers == 3 and not any("num_workers" in n for n in explicit.notes)
+    with pytest.raises(ProfileError, match=r"data.num_workers.*0..64, got 65"):
+        load_recipe(write_profile(toy_profile_dict(tmp_path)), ["data.num_workers=65"])
