@@ -30,6 +30,7 @@ from engine.memory.hostram import check_host_ram
 from engine.memory.plan import Plan, hardware_for_plan, plan_inference, plan_recipe
 from engine.memory.probe import Candidate, correction_factor, probe_recipe
 from engine.profile import read_yaml, save_profile_data
+from engine.write_errors import write_error
 
 
 def _console() -> Console:
@@ -116,11 +117,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except (OSError, SafetensorError) as exc:
         # safetensors reports a full disk as SafetensorError, not OSError; the atomic writers removed their
         # temporaries, so nothing partial is left.
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise CheckpointError(
-            f"{out}: the merged checkpoint cannot be written, got {reason!r}. Check that the folder exists, is "
-            "writable and has free space (a merged base is as large as the base); nothing was written."
-        ) from None
+        raise write_error(out, exc, "the merged checkpoint cannot be written, nothing was written",
+                          elsewhere="merge to another `--out`",
+                          more_space="Free disk space (a merged checkpoint is as large as the base) or merge to "
+                          "another `--out`") from None
     console.print(f"merged checkpoint written to {written}")
     return 0
 

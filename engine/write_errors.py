@@ -54,7 +54,8 @@ def _nearest_folder(path: Path) -> Path:
 
 
 def write_error(target: Path | str, exc: BaseException, what: str = "could not be written", then: str = "",
-                elsewhere: str = "write somewhere else") -> CheckpointError:
+                elsewhere: str = "write somewhere else",
+                more_space: str = "Free disk space or set `output.dir` on a larger disk") -> CheckpointError:
     """The error to raise for a failed write of `target`.
 
     Args:
@@ -63,11 +64,12 @@ def write_error(target: Path | str, exc: BaseException, what: str = "could not b
         what: the failure in words, e.g. `checkpoint could not be written`.
         then: what to do once the disk is fixed (e.g. `then continue with --resume`), appended to the fix.
         elsewhere: the way to write somewhere else, for a read-only folder (e.g. `--out NEW_DIR`).
+        more_space: the fix for a full disk.
     """
     code = write_errno(exc)
     target = _destination(Path(target))
     if code in NO_SPACE:
-        reason, fix = "No space left on device", "Free disk space or set `output.dir` on a larger disk"
+        reason, fix = "No space left on device", more_space
     elif code in READ_ONLY:
         reason = "read-only file system" if code == errno.EROFS else "permission denied"
         fix = f"Make {_nearest_folder(target)} writable, or {elsewhere}"
