@@ -32,6 +32,7 @@ from engine.train.events import EventLog
 from engine.train.guards import LossWatchdog, check_gradient_flow
 from engine.train.identity import run_identity
 from engine.train.lock import LOCK_FILE, RunLock
+from engine.train.log_events import family_logs_as_events
 from engine.train.oom import is_oom, shrink_after_oom
 from engine.train.optimizer import build_optimizer
 from engine.train.params import trainable_summary
@@ -183,7 +184,8 @@ class Trainer:
         for note in getattr(self.model, "lora3d_notes", []):
             self.events_emit("warning", message=note)
         self.events_emit("info", message="loading data")
-        self.train_ds, self.val_ds = self._setup_data()
+        with family_logs_as_events(self.events_emit):  # e.g. the progress of indexing a large split
+            self.train_ds, self.val_ds = self._setup_data()
         self.state = self._setup_state()
         self.steps_per_epoch = batching.steps_per_epoch(len(self.train_ds), self.samples_per_step)
         self.total_steps = profile.train.max_steps or (profile.train.epochs or 1) * self.steps_per_epoch

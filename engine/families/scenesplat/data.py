@@ -436,7 +436,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
                 progress(f"{where}: indexing scene folders, {i + 1}/{len(scenes)} checked ({now - start:.0f} s)")
                 next_report = now + PROGRESS_EVERY_S
                 reported = True
-        if reported or time.monotonic() - start >= PROGRESS_AFTER_S:
+        if reported or len(kept) < len(scenes) or time.monotonic() - start >= PROGRESS_AFTER_S:
             progress(f"{where}: indexed {len(kept)} scene folders in {time.monotonic() - start:.1f} s"
                      + (f" ({len(scenes) - len(kept)} skipped)" if len(kept) < len(scenes) else ""))
         return kept
