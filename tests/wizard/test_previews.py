@@ -274,3 +274,23 @@ def test_data_screen_says_when_the_family_draws_no_preview(gpu24, tmp_path, monk
             assert "the toy family draws no data preview" in screen_text(app)
 
     asyncio.run(go())
+
+
+def test_data_screen_shows_a_failed_preview_and_still_goes_on(gpu24, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA3D_CACHE", str(tmp_path / "cache"))
+
+    def broken(self, recipe, folder):
+        raise RuntimeError("no font")
+
+    monkeypatch.setattr("tests.toy_family.ToyFamily.preview_data", broken)
+
+    async def go():
+        app = make_app(probe=gpu24, start_screen="data", family="toy")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            assert "✗ data preview failed: RuntimeError: no font" in screen_text(app)
+            await pilot.press("ctrl+n")
+            await settle(pilot)
+            assert type(app.screen).__name__ == "PlanScreen"
+
+    asyncio.run(go())

@@ -99,8 +99,12 @@ class DataScreen(WizardScreen):
 
     def _show_preview(self, result: CheckResult | None, pending: str = "") -> None:
         """The data preview's message and one picture per PNG (cleared while a new check runs)."""
-        self.query_one("#data-preview-result", Static).update(
-            result_text(result, pending) if result is not None or pending else Text(""))
+        if result is None:
+            text = Text(pending, style="dim italic")
+        else:  # the data check above already said "ok": only the preview's own lines here
+            rows = [Text(f"✗ {line}", style="red") for line in result.problems] + [Text(line) for line in result.lines]
+            text = Text("\n").join(rows)
+        self.query_one("#data-preview-result", Static).update(text)
         holder = self.query_one("#data-preview", Vertical)
         holder.remove_children()
         paths = [Path(p) for p in (result.data.get("paths") or [])] if result is not None else []

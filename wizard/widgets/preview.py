@@ -83,7 +83,8 @@ def load_picture(path: Path) -> PILImage.Image:
 class PreviewPicture(Vertical):
     """A caption line above one picture, the picture fitted to the room left (aspect ratio kept).
 
-    `show(path, caption)` draws a PNG; a missing or unreadable file shows its path and why instead.
+    `show(path, caption)` draws a PNG; a missing or unreadable file shows its path and why instead. A `path`
+    given at construction is shown once mounted.
     """
 
     DEFAULT_CSS = """
@@ -92,8 +93,10 @@ class PreviewPicture(Vertical):
     PreviewPicture > .preview-image { width: auto; height: auto; }
     """
 
-    def __init__(self, renderer: str | None = None, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, path: Path | None = None, caption: Text | str = "", renderer: str | None = None, *,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
+        self._initial = (path, caption)
         self.renderer, self.note = choose_renderer(renderer)
         """How the picture is drawn, and why the setting was not followed (empty when it was)."""
         self.path: Path | None = None
@@ -106,6 +109,10 @@ class PreviewPicture(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("", classes="preview-caption")
         yield RENDERERS[self.renderer](classes="preview-image")
+
+    def on_mount(self) -> None:
+        if self._initial[0] is not None:
+            self.show(*self._initial)
 
     @property
     def image_widget(self) -> Widget:
@@ -155,7 +162,7 @@ class PreviewBrowser(PreviewPicture):
     """
 
     def __init__(self, run_dir: Path, renderer: str | None = None, *, id: str | None = None) -> None:
-        super().__init__(renderer, id=id)
+        super().__init__(renderer=renderer, id=id)
         self.run_dir = Path(run_dir)
         self.frames: list[tuple[Preview, PreviewItem]] = []
         self.index: int | None = None
