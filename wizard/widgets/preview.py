@@ -88,7 +88,7 @@ class PreviewPicture(Vertical):
     """
 
     DEFAULT_CSS = """
-    PreviewPicture { height: 1fr; }
+    PreviewPicture { height: 1fr; padding: 0 1; }
     PreviewPicture > .preview-caption { height: auto; }
     PreviewPicture > .preview-image { width: auto; height: auto; }
     """
