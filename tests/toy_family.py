@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 from torch import nn
 
@@ -209,6 +210,21 @@ class ToyFamily(Family):
 
     def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
         return {"data_seeds": list(_seeds())}
+
+    def preview_data(self, recipe: Recipe, folder: Path) -> list[Path]:
+        """One PNG of the first training item: its 8 inputs as bars (blue up, red down), its target as a band."""
+        sample = self.build_datasets(recipe)[0][0]
+        image = Image.new("RGB", (160, 80), (250, 250, 250))
+        draw = ImageDraw.Draw(image)
+        for i, value in enumerate(sample["x"].tolist()):
+            top, bottom = sorted((40, 40 - int(max(-2.0, min(2.0, value)) * 15)))
+            draw.rectangle([8 + 16 * i, top, 18 + 16 * i, bottom], fill=(40, 90, 220) if value >= 0 else (220, 60, 40))
+        level = 40 - int(float(sample["y"]) * 15)
+        draw.rectangle([140, level - 2, 156, level + 2], fill=(30, 160, 60))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "item-0.png"
+        image.save(path)
+        return [path]
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         blocks = recipe.profile.model.num_blocks

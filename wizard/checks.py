@@ -1,4 +1,5 @@
-"""Provides the slow checks the wizard runs in thread workers: base checkpoint, data, LoRA table, memory plan.
+"""Provides the slow checks the wizard runs in thread workers: base checkpoint, data, data preview, LoRA table,
+memory plan.
 
 Each takes a snapshot of the draft (`ProfileDraft.snapshot()`), returns a plain result object and never raises
 for a user problem: lora3d errors become `problems` the screen lists inline.
@@ -6,12 +7,15 @@ for a user problem: lora3d errors become `problems` the screen lists inline.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from engine.cache import cache_root
 from engine.errors import Lora3dError
 from engine.profile.load import parse_overrides
 from wizard.draft import ProfileDraft
@@ -124,6 +128,34 @@ def check_data(draft: ProfileDraft, width: int = 76) -> CheckResult:
         return CheckResult(False, problems=[f"data check failed: {type(exc).__name__}: {exc}"])
     problems = [" ".join(str(x) for x in p) if isinstance(p, (list, tuple)) else str(p) for p in data.get("problems") or []]
     return CheckResult(not problems, lines, problems, data)
+
+
+def data_preview_folder(draft: ProfileDraft) -> Path:
+    """Where the data preview of this draft's data goes: the cache (rebuilt on demand), one folder per
+    (family, demo, data folder, settings), so a preview still drawing for an earlier answer never mixes in."""
+    key = repr((draft.family, draft.demo, str(draft.data_root), list(draft.extra)))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_root() / "data-preview" / f"{draft.family or 'default'}-{digest}"
+
+
+def preview_data(draft: ProfileDraft, folder: Path | None = None) -> CheckResult:
+    """The family's pictures of one training item (`Family.preview_data`), written into `folder`.
+
+    `data["paths"]` lists the PNG files; a family that draws none says so in `lines`.
+    """
+    folder = data_preview_folder(draft) if folder is None else folder
+    try:
+        recipe = draft.recipe()
+        paths = [Path(p) for p in recipe.family.preview_data(recipe, folder)]
+    except Lora3dError as exc:
+        return CheckResult(False, problems=_problem_lines(exc))
+    except Exception as exc:  # a family's drawing bug must not end the wizard: show it
+        return CheckResult(False, problems=[f"data preview failed: {type(exc).__name__}: {exc}"])
+    if not paths:
+        return CheckResult(True, [f"the {recipe.family.name} family draws no data preview"], data={"paths": []})
+    where = paths[0].parent if all(p.parent == paths[0].parent for p in paths) else folder
+    return CheckResult(True, [f"one training item, as read: {len(paths)} picture(s) in {where}"],
+                       data={"paths": [str(p) for p in paths]})
 
 
 def build_lora_table(draft: ProfileDraft) -> CheckResult:

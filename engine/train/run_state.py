@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.train.event_types import (
@@ -60,6 +61,64 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+@dataclass(frozen=True)
+class PreviewItem:
+    """One preview picture of a `preview` event: paths relative to the run directory."""
+
+    name: str
+    png: str
+    glb: str | None = None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One `preview` event: the pictures of one preview round (step 0 is the base model before training)."""
+
+    step: int
+    items: tuple[PreviewItem, ...]
+    seconds: float | None = None
+    skipped: tuple[str, ...] = ()
+    """Items not drawn because the round's time budget ran out."""
+
+
+def _field(value: Any, name: str) -> Any:
+    """A field of an item given as a JSON object or as a typed object."""
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
+def _preview_items(value: Any) -> tuple[PreviewItem, ...]:
+    """The valid items of a preview event (a `name` and a `png` path, each a string); others are left out."""
+    items = []
+    for raw in value if isinstance(value, (list, tuple)) else ():
+        name, png, glb = _field(raw, "name"), _field(raw, "png"), _field(raw, "glb")
+        if isinstance(name, str) and isinstance(png, str) and png:
+            items.append(PreviewItem(name, png, glb if isinstance(glb, str) and glb else None))
+    return tuple(items)
+
+
+def preview_of(event: Event | Mapping[str, Any]) -> Preview | None:
+    """The preview a `preview` event announces (None for other events, or one without a valid step).
+
+    The list fields (`items`, `skipped`) are read from the typed event when its class declares them, else
+    from the JSON object as written, so a reader older than the event's typed class still shows it.
+    """
+    typed = as_event(event)
+    if typed is None or typed.type != "preview":
+        return None
+    raw = event if isinstance(event, Mapping) else {}
+
+    def get(name: str) -> Any:
+        value = typed.get(name)
+        return raw.get(name) if value is None else value
+
+    step, seconds, skipped = get("step"), get("seconds"), get("skipped")
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+        return None
+    seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+    names = tuple(s for s in skipped if isinstance(s, str)) if isinstance(skipped, (list, tuple)) else ()
+    return Preview(int(step), _preview_items(get("items")), _finite(seconds), names)
+
+
 @dataclass
 class RunState:
     """What the displays show; `apply(events)` folds new events (typed, or dicts as written) in."""
@@ -83,6 +142,8 @@ class RunState:
     error: dict[str, Any] | None = None
     events_seen: int = 0
     last_eval: dict[str, Any] = field(default_factory=dict)
+    previews: list[Preview] = field(default_factory=list)
+    """The preview rounds in the order written (a resumed run may repeat a step: the later round wins)."""
 
     # ------------------------------------------------------------------ folding
     def apply(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
@@ -91,9 +152,19 @@ class RunState:
             if event is None:
                 continue
             self.events_seen += 1
+            if event.type == "preview":
+                self._on_preview(raw)  # the JSON object as written: its lists are the point of the event
+                continue
             handler = getattr(self, f"_on_{event.type}", None)
             if handler is not None:
                 handler(event)
+
+    def _on_preview(self, raw: Event | Mapping[str, Any]) -> None:
+        preview = preview_of(raw)
+        if preview is None:
+            return
+        # The budget's cut is said by the trainer's own `warning` event; no second message here.
+        self.previews = [p for p in self.previews if p.step != preview.step] + [preview]
 
     def _on_start(self, event: StartEvent) -> None:
         self.start = event.as_dict()
@@ -242,12 +313,31 @@ def _cut(line: str) -> str:
     return line[:LINE_CHARS] + f" ... ({len(line) - LINE_CHARS} more characters)"
 
 
-def event_line(event: Event | Mapping[str, Any], state: RunState) -> str | None:
-    """One printable line for an event already folded into `state` (None for events not worth a line)."""
+def preview_line(preview: Preview, run_dir: Path | None = None) -> str:
+    """`preview step N (1.2s): <png paths>`, the paths joined to `run_dir` when it is given."""
+    def where(path: str) -> str:
+        return str(run_dir / path) if run_dir is not None else path
+
+    took = f" ({preview.seconds:.1f}s)" if preview.seconds is not None else ""
+    pictures = ", ".join(where(item.png) + (" (+ .glb)" if item.glb else "") for item in preview.items)
+    line = f"preview step {preview.step}{took}: {pictures or 'no pictures'}"
+    if preview.skipped:
+        line += f"; skipped for the time budget: {', '.join(preview.skipped)}"
+    return line
+
+
+def event_line(event: Event | Mapping[str, Any], state: RunState, run_dir: Path | None = None) -> str | None:
+    """One printable line for an event already folded into `state` (None for events not worth a line).
+
+    `run_dir`, when given, is joined to the paths a `preview` event names (they are relative to it).
+    """
     typed = as_event(event)
     if typed is None:
         return None
-    if isinstance(typed, StartEvent):
+    preview = preview_of(event)
+    if preview is not None:
+        line = preview_line(preview, run_dir)
+    elif isinstance(typed, StartEvent):
         params = typed.params or {}
         line = (f"start {typed.name} ({typed.family}/{typed.task}) on {typed.device}: "
                 f"{typed.total_steps} steps, effective batch {typed.effective_batch}, "

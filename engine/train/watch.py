@@ -2,7 +2,8 @@
 
 Read-only: it never writes the run directory and never takes its lock, so it can follow a run that
 another process is training. It prints one line per event until the run's `end` event, or until the
-training process is gone without one.
+training process is gone without one. A `preview` event's line names its PNG files joined to the run
+directory, so they can be opened as printed.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def _print_new(tail: EventTail, state: RunState, out: TextIO, skipped: list[int]) -> None:
+def _print_new(tail: EventTail, state: RunState, out: TextIO, skipped: list[int], run_dir: Path) -> None:
     while True:
-        for event in tail.poll_typed():
+        for event in tail.poll():  # as written: the state and the line read them typed, lists included
             state.apply([event])
-            line = event_line(event, state)
+            line = event_line(event, state, run_dir)
             if line:
                 print(line, file=out, flush=True)
         if tail.skipped_lines > skipped[0]:
@@ -63,13 +64,13 @@ def watch_plain(run_dir: Path, out: TextIO, follow_run: bool = True, poll_second
     state = RunState()
     skipped = [0]
     while True:
-        _print_new(tail, state, out, skipped)
+        _print_new(tail, state, out, skipped, run_dir)
         if state.finished or not follow_run:
             return state
         code = returncode() if returncode is not None else None
         pid = state.start.get("pid")
         if code is not None or (returncode is None and pid and not pid_alive(pid)):
-            _print_new(tail, state, out, skipped)  # the last lines written just before the exit
+            _print_new(tail, state, out, skipped, run_dir)  # the last lines written just before the exit
             if not state.finished:
                 print("the training process ended without an end event; see train.log in the run directory",
                       file=out, flush=True)

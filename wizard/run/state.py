@@ -4,6 +4,14 @@ The state, its number formatting and the one-line event rendering live in `engin
 the headless display, `lora3d watch --plain` and the dashboard read events through one typed reader.
 """
 
-from engine.train.run_state import SMOOTHING, RunState, event_line, format_bytes, format_duration
+from engine.train.run_state import (
+    SMOOTHING,
+    Preview,
+    PreviewItem,
+    RunState,
+    event_line,
+    format_bytes,
+    format_duration,
+)
 
-__all__ = ["SMOOTHING", "RunState", "event_line", "format_bytes", "format_duration"]
+__all__ = ["SMOOTHING", "Preview", "PreviewItem", "RunState", "event_line", "format_bytes", "format_duration"]

@@ -3,7 +3,8 @@
 A thread worker follows the file and posts batches of events; this screen folds them into a RunState
 and redraws at most `REDRAW_SECONDS` apart, so a fast run never makes the TUI compete with training.
 After the end event it offers the run family's follow-up commands (`wizard.run.actions`: evaluate, predict
-on a scene), run as child processes with their output in the Results tab.
+on a scene), run as child processes with their output in the Results tab. The Previews tab shows the
+pictures of the run's `preview` events (`[` / `]` step through earlier ones).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from wizard.run.state import RunState
 from wizard.run.tail import follow
 from wizard.widgets.lora_table import LoraTable
 from wizard.widgets.loss_plot import CurvePlot
+from wizard.widgets.preview import PreviewBrowser
 from wizard.widgets.run_stats import RunStats
 
 REDRAW_SECONDS = 1.0
@@ -73,6 +75,9 @@ class DashboardScreen(Screen):
         Binding("2", "tab('lora')", "LoRA", show=False),
         Binding("3", "tab('log')", "Log", show=False),
         Binding("4", "tab('results')", "Results", show=False),
+        Binding("5", "tab('previews')", "Previews", show=False),
+        Binding("left_square_bracket", "preview(-1)", "Earlier preview", show=False),
+        Binding("right_square_bracket", "preview(1)", "Later preview", show=False),
     ]
 
     def __init__(self, run_dir: Path, profile_path: Path | None = None, launch: bool = False,
@@ -114,6 +119,8 @@ class DashboardScreen(Screen):
                 yield RichLog(id="run-log", wrap=True, markup=False)
             with TabPane("Results 4", id="results"):
                 yield RichLog(id="results-log", wrap=True, markup=False)
+            with TabPane("Previews 5", id="previews"):
+                yield PreviewBrowser(self.run_dir, id="preview-browser")
         yield Static("", id="last-message")
         yield Footer()
 
@@ -123,6 +130,9 @@ class DashboardScreen(Screen):
             self._log(f"started: {' '.join(self.run.command[1:])} (pid {self.run.pid}); output in {self.run.log_path}")
         else:
             self._log(f"watching {self.run_dir / 'events.jsonl'}")
+        browser = self.query_one(PreviewBrowser)
+        if browser.note:
+            self._log(browser.note, style="yellow")
         self.set_interval(REDRAW_SECONDS, self._redraw_if_dirty)
         self.follow_events()
 
@@ -200,6 +210,7 @@ class DashboardScreen(Screen):
             kind, text = state.messages[-1]
             self.query_one("#last-message", Static).update(
                 Text(f"{kind}: {text}", style={"error": "bold red", "warning": "yellow"}.get(kind, "dim")))
+        self.query_one(PreviewBrowser).update_previews(state.previews, finished=state.finished)
         self._show_end()
 
     def _show_end(self) -> None:
@@ -339,6 +350,11 @@ class DashboardScreen(Screen):
     # ------------------------------------------------------------------ keys
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+
+    def action_preview(self, delta: int) -> None:
+        """`[` / `]`: the previous or next preview picture (opens the Previews tab)."""
+        self.query_one(TabbedContent).active = "previews"
+        self.query_one(PreviewBrowser).move(delta)
 
     def action_save(self) -> None:
         if self.state.finished:
