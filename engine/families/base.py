@@ -390,7 +390,8 @@ class Family:
         """
         return []
 
-    def preview(self, recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Path, seed: int) -> PreviewFiles:
+    def preview(self, recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Path, seed: int,
+                step: int) -> PreviewFiles:
         """Draws what `model` does on `item` into `folder` as `<item.name>.png` (and `.glb` for shapes).
 
         Called by `engine.train.previews` in eval mode without gradients, on a forked RNG, under the run's
@@ -402,6 +403,7 @@ class Family:
             item: one of `preview_items`.
             folder: where to write (a temporary folder that becomes `previews/step-N/`).
             seed: `previews.seed` (a family that samples derives its generators from it).
+            step: the training step the model has done (0: the base), for the picture's title.
         """
         raise NotImplementedError(f"the {self.name} family draws no previews")
 

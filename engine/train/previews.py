@@ -128,7 +128,7 @@ class Previewer:
             with atomic_folder(final) as tmp, torch.random.fork_rng(devices=devices), torch.no_grad(), \
                     autocast or contextlib.nullcontext():
                 torch.manual_seed(self.settings.seed)
-                written = self._draw(model, tmp, start, result)
+                written = self._draw(model, tmp, step, start, result)
                 if not written:
                     raise _NothingWritten
         except _NothingWritten:
@@ -145,7 +145,7 @@ class Previewer:
         self._report(result)
         return result
 
-    def _draw(self, model: nn.Module, folder: Path, start: float, result: PreviewRound) -> list[tuple[PreviewItem, PreviewFiles]]:
+    def _draw(self, model: nn.Module, folder: Path, step: int, start: float, result: PreviewRound) -> list[tuple[PreviewItem, PreviewFiles]]:
         """Draws the items that fit in the budget into `folder`; records the skipped and failed ones in `result`."""
         written = []
         this_round: list[float] = []
@@ -158,7 +158,7 @@ class Previewer:
                 continue
             t0 = time.perf_counter()
             try:
-                written.append((item, self.recipe.family.preview(self.recipe, model, item, folder, self.settings.seed)))
+                written.append((item, self.recipe.family.preview(self.recipe, model, item, folder, self.settings.seed, step)))
             except Exception as exc:  # a broken preview must not end a training run; it is reported
                 result.failed.append((item.name, f"{type(exc).__name__}: {exc}"))
             self.durations[item.name] = time.perf_counter() - t0

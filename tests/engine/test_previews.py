@@ -35,7 +35,8 @@ class PreviewToyFamily(ToyFamily):
     def preview_items(self, recipe: Recipe, train_ds: Any, val_ds: Any) -> list[PreviewItem]:
         return first_preview_items(train_ds, val_ds, recipe.profile.previews.items, lambda ds, i: f"sample-{i}")
 
-    def preview(self, recipe: Recipe, model: torch.nn.Module, item: PreviewItem, folder: Path, seed: int) -> PreviewFiles:
+    def preview(self, recipe: Recipe, model: torch.nn.Module, item: PreviewItem, folder: Path, seed: int,
+                step: int) -> PreviewFiles:
         time.sleep(self.slow.get(item.name, 0.0))
         if item.name in self.broken:
             raise RuntimeError("injected failure")
