@@ -70,17 +70,30 @@ def draw_preview(recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Pa
     settings, _ = settings_for(recipe, device, len(sample["coord"]))
     result = predict_scene(model, sample, score, settings, device)
     predicted, _ = layout.labels(result.scores)
-    truth = np.asarray(sample["segment"]).reshape(-1)
-    coord = np.asarray(sample["coord"], dtype=np.float64)
-    c = len(layout.class_names)
+    what = "zero-shot labels" if recipe.profile.model.task == "lang" else "labels"
+    return write_labels_preview(folder / f"{item.name}.png", f"{item.name}: {what} at step {step}", sample["coord"],
+                                sample["segment"], predicted, layout.class_names, seed)
+
+
+def write_labels_preview(path: Path, title: str, coord: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
+                         class_names: list[str], seed: int) -> PreviewFiles:
+    """Writes ground truth beside prediction (top-down above oblique) with the legend; the title gains the accuracy.
+
+    Args:
+        coord: (N, 3) positions, z up.
+        truth, predicted: (N,) class ids; outside [0, len(class_names)) draws as unlabelled.
+    """
+    truth = np.asarray(truth).reshape(-1)
+    predicted = np.asarray(predicted).reshape(-1)
+    coord = np.asarray(coord, dtype=np.float64)
+    c = len(class_names)
     labelled = (truth >= 0) & (truth < c)
-    accuracy = float((predicted[labelled] == truth[labelled]).mean()) if labelled.any() else None
-    what = "zero-shot labels" if recipe.options.task == "lang" else "labels"
-    title = f"{item.name}: {what} at step {step}" + (f" (accuracy {accuracy:.1%})" if accuracy is not None else "")
+    if labelled.any():
+        title += f" (accuracy {float((predicted[labelled] == truth[labelled]).mean()):.1%})"
     panels = [("ground truth (top / oblique)", _views(coord, label_colors(truth, c), seed)),
               ("prediction (top / oblique)", _views(coord, label_colors(predicted, c), seed))]
-    figure = compose_figure(panels, title, legend=_legend(layout.class_names, truth, predicted))
-    return PreviewFiles(write_png(figure, folder / f"{item.name}.png"))
+    figure = compose_figure(panels, title, legend=_legend(list(class_names), truth, predicted))
+    return PreviewFiles(write_png(figure, path))
 
 
 def _colors(sample: dict[str, Any]) -> np.ndarray:
@@ -97,7 +110,7 @@ def draw_data_preview(recipe: Recipe, folder: Path) -> list[Path]:
     coord = np.asarray(sample["coord"], dtype=np.float64)
     truth = np.asarray(sample["segment"]).reshape(-1)
     names = list(recipe.options.class_names or [])
-    if not names and recipe.options.task == "lang":
+    if not names and recipe.profile.model.task == "lang":
         names = list(recipe.task.text_table()[1])
     c = max(len(names), int(truth.max()) + 1 if len(truth) else 0)
     names += [f"class {i}" for i in range(len(names), c)]
