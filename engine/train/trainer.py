@@ -4,7 +4,8 @@ Reads top to bottom: `setup` builds one thing per `_setup_*`; `_train` runs step
 step) and answers stop/save requests; `_save_*` writes checkpoints and adapters; `_cleanup` closes. The
 family supplies the model, data, the loss of one micro-batch and evaluation; the ideas the trainer uses
 each live in their own module (`accelerator`, `run_dir`, `control`, `stream`, `step`, `oom`, `resume`,
-`evaluation`, `saving`, `state`).
+`evaluation`, `previews`, `saving`, `state`). Previews are drawn before the first step (the base) and after
+every evaluation.
 Only the main process writes the run directory.
 """
 

@@ -9,7 +9,7 @@ own seconds (the sum of the `preview` events' `seconds`), the rounds drawn, and 
 
     python scripts/bench/bench_previews.py              # 2 pairs per demo
     python scripts/bench/bench_previews.py --quick      # 1 pair per demo
-    python scripts/bench/bench_previews.py --smoke      # random tiny bases, 4 steps: does it run?
+    python scripts/bench/bench_previews.py --smoke      # random tiny bases, 4 steps, no warm-up: does it run?
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def one_run(profile: Path, overrides: list[str], out: Path, previews: bool) -> d
             "pngs": [e["items"][0]["png"] for e in rounds if e["items"]]}
 
 
-def bench_demo(name: str, pairs: int, overrides: list[str], root: Path) -> dict[str, Any]:
+def bench_demo(name: str, pairs: int, overrides: list[str], root: Path, warmup: bool = True) -> dict[str, Any]:
     profile = DEMOS[name]
-    one_run(profile, overrides, root / f"{name}-warmup", previews=False)
+    if warmup:
+        one_run(profile, overrides, root / f"{name}-warmup", previews=False)
     trials: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for pair in range(pairs):
         for mode in ("off", "on"):
@@ -82,7 +83,7 @@ def main() -> None:
     machine = common.describe_machine()
     print(common.format_machine(machine), flush=True)
     root = args.out_dir or Path(tempfile.mkdtemp(prefix="bench-previews-"))
-    results = {name: bench_demo(name, pairs, overrides, root) for name in ([args.only] if args.only else DEMOS)}
+    results = {name: bench_demo(name, pairs, overrides, root, warmup=not args.smoke) for name in ([args.only] if args.only else DEMOS)}
     rows = []
     for name, r in results.items():
         rows.append(common.goal_row(f"{name} demo wall time, previews on / off", r["ratio"], GOAL))
