@@ -9,6 +9,9 @@ few methods that do the work:
   strategy with its loss and evaluation, the LoRA spec with presets applied, notes on what was defaulted).
 - `build_model`, `build_datasets`, `collate`, `describe_memory`, `data_check`, `save_adapter`,
   `merge_adapter`, `identity`: each takes the Recipe, never the raw profile.
+- `preview_items` and `preview` (optional): pictures of what the model does on a few fixed items, drawn by
+  the trainer at step 0 and after every evaluation (`engine.train.previews`); `preview_data` pictures one
+  training item before any training (the wizard's data screen).
 
 The engine owns everything else: profiles, LoRA injection (`engine.lora`), the trainer, checkpoints, events,
 the memory planner, the CLI and the wizard. Nothing here names a family.
@@ -135,6 +138,56 @@ class MemoryDescription:
 
 
 @dataclass(frozen=True)
+class PreviewItem:
+    """One fixed item a preview round draws: item `index` of `dataset` (a split the family built).
+
+    Attributes:
+        name: the file stem of its pictures (`previews/step-N/<name>.png`): a scene name, unique in a round.
+        split: `val` or `train`, for messages.
+    """
+
+    name: str
+    dataset: Any
+    index: int
+    split: str = "val"
+
+
+@dataclass
+class PreviewFiles:
+    """What a family's `preview` wrote for one item.
+
+    Attributes:
+        png: the picture (RGB, panels with titles), in the folder it was given.
+        glb: a mesh file beside it, when the family generates shapes.
+        mesh: `(vertices (V, 3) float32, faces (F, 3) int32, colors (V, 3) uint8)` for TensorBoard's
+            `add_mesh`, when the family has one.
+    """
+
+    png: Path
+    glb: Path | None = None
+    mesh: tuple[Any, Any, Any] | None = None
+
+
+def first_preview_items(train_ds: Any, val_ds: Any, count: int, name_of: Callable[[Any, int], str]) -> list[PreviewItem]:
+    """The first `count` items of the validation split (of the training split when there is none).
+
+    `name_of(dataset, index)` names an item; names are made unique (`-2`, `-3`, ...) when a split repeats one.
+    """
+    dataset, split = (val_ds, "val") if val_ds is not None and len(val_ds) > 0 else (train_ds, "train")
+    if dataset is None:
+        return []
+    items, seen = [], set()
+    for index in range(min(count, len(dataset))):
+        name = base = str(name_of(dataset, index))
+        suffix = 2
+        while name in seen:
+            name, suffix = f"{base}-{suffix}", suffix + 1
+        seen.add(name)
+        items.append(PreviewItem(name, dataset, index, split))
+    return items
+
+
+@dataclass(frozen=True)
 class WizardSpec:
     """What the wizard shows and starts from for this family."""
 
@@ -222,6 +275,8 @@ class Family:
     """Pydantic model whose fields are added to the profile's `data` section."""
     lora_options: ClassVar[type[BaseModel] | None] = None
     """Pydantic model whose fields are added to the profile's `lora` section (where LoRA goes)."""
+    preview_options: ClassVar[type[BaseModel] | None] = None
+    """Pydantic model whose fields are added to the profile's `previews` section (e.g. sampling steps)."""
     presets: ClassVar[Mapping[str, LoraPreset]] = {}
     """Named LoRA presets (data); `resolve` applies the chosen one (`engine.lora.presets.resolve_preset`)."""
     commands: ClassVar[tuple[CliCommand, ...]] = ()
@@ -236,7 +291,7 @@ class Family:
     @classmethod
     def extension(cls) -> ProfileExtension:
         """The keys this family adds to a profile."""
-        return ProfileExtension(cls.model_options, cls.data_options, cls.lora_options)
+        return ProfileExtension(cls.model_options, cls.data_options, cls.lora_options, cls.preview_options)
 
     def resolve(self, profile: Profile, cli_keys: Iterable[str] = (), source: str = "<profile>") -> Recipe:
         """Resolves a validated profile into a Recipe, once.
@@ -341,6 +396,39 @@ class Family:
     def data_check(self, recipe: Recipe) -> Any:
         """A report of the data folder (counts, problems) with `to_dict()` and `render(console)`."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ previews
+    def preview_items(self, recipe: Recipe, train_ds: Any, val_ds: Any) -> list[PreviewItem]:
+        """The fixed items every preview round draws (`previews.items` of them); [] draws no previews.
+
+        The same items in the same order every round and every rerun, so pictures compare across steps and runs.
+        """
+        return []
+
+    def preview(self, recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Path, seed: int,
+                step: int) -> PreviewFiles:
+        """Draws what `model` does on `item` into `folder` as `<item.name>.png` (and `.glb` for shapes).
+
+        Called by `engine.train.previews` in eval mode without gradients, on a forked RNG, under the run's
+        autocast; the same model, item and seed must give the same picture. Files are written whole (the
+        trainer publishes the folder atomically).
+
+        Args:
+            model: the model being trained (adapter active), on its device.
+            item: one of `preview_items`.
+            folder: where to write (a temporary folder that becomes `previews/step-N/`).
+            seed: `previews.seed` (a family that samples derives its generators from it).
+            step: the training step the model has done (0: the base), for the picture's title.
+        """
+        raise NotImplementedError(f"the {self.name} family draws no previews")
+
+    def preview_data(self, recipe: Recipe, folder: Path) -> list[Path]:
+        """Writes PNGs of one training item as the model will read it into `folder` and returns their paths.
+
+        Shown before training (the wizard's data screen) so a user sees the data was read right; [] means the
+        family draws no data preview.
+        """
+        return []
 
     def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
         """Family fields a checkpoint must share with the run resuming it, beyond what the engine records.

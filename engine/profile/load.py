@@ -42,11 +42,13 @@ OPTION_ALIASES = {
 
 @dataclass(frozen=True)
 class ProfileExtension:
-    """The keys a family adds to the `model`, `data` and `lora` sections (pydantic models, extra keys forbidden)."""
+    """The keys a family adds to the `model`, `data`, `lora` and `previews` sections (pydantic models, extra keys
+    forbidden)."""
 
     model_options: type[BaseModel] | None = None
     data_options: type[BaseModel] | None = None
     lora_options: type[BaseModel] | None = None
+    preview_options: type[BaseModel] | None = None
 
 
 _SECTIONS = {
@@ -55,6 +57,7 @@ _SECTIONS = {
     "data": schema.DataSection,
     "train": schema.TrainSection,
     "output": schema.OutputSection,
+    "previews": schema.PreviewsSection,
     "launch": schema.LaunchSection,
     "hardware": schema.HardwareSection,
 }
@@ -176,19 +179,21 @@ def _section_class(base: type[BaseModel], extra: type[BaseModel] | None) -> type
 
 @functools.cache
 def profile_class(extension: ProfileExtension | None) -> type[schema.Profile]:
-    """The Profile class with a family's own `model`, `data` and `lora` keys merged in (one class per family, so
+    """The Profile class with a family's own `model`, `data`, `lora` and `previews` keys merged in (one class per family, so
     profiles of one family compare equal)."""
     if extension is None or extension == ProfileExtension():
         return schema.Profile
     model_cls = _section_class(schema.ModelSection, extension.model_options)
     data_cls = _section_class(schema.DataSection, extension.data_options)
     lora_cls = _section_class(schema.LoraSection, extension.lora_options)
+    previews_cls = _section_class(schema.PreviewsSection, extension.preview_options)
     return create_model(
         "FamilyProfile",
         __base__=schema.Profile,
         model=(model_cls, ...),
         data=(data_cls, data_cls()),
         lora=(lora_cls, lora_cls()),
+        previews=(previews_cls, previews_cls()),
     )
 
 

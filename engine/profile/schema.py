@@ -1,7 +1,7 @@
 """Provides the profile schema: every key a profile may hold, its default and its valid range.
 
-A family adds its own keys to the `model`, `data` and `lora` sections (`ProfileExtension`, declared by the
-family as `model_options`, `data_options` and `lora_options`); `engine.profile.load` merges them in before
+A family adds its own keys to the `model`, `data`, `lora` and `previews` sections (`ProfileExtension`, declared
+by the family as `model_options`, `data_options`, `lora_options` and `preview_options`); `engine.profile.load` merges them in before
 validating. A validated profile is frozen: nothing changes it after validation (what a family derives from
 it lives in its Recipe, and what changes at run time, such as an OOM-halved micro-batch, in the trainer's
 state).
@@ -126,6 +126,21 @@ class OutputSection(Section):
     tensorboard: bool = Field(default=True, description="Write TensorBoard logs to `<dir>/tb`.")
 
 
+class PreviewsSection(Section):
+    """Pictures of what the model does, at step 0 and after every evaluation (`<run>/previews/step-N/`).
+
+    A family adds its own keys (e.g. MIDI's `sampling_steps`) as `preview_options`.
+    """
+
+    enabled: bool = Field(default=True, description="Write previews (families that draw none say so at run start).")
+    items: int = Field(default=2, ge=1, le=4, description="Fixed validation items drawn each round (the first ones).")
+    max_seconds: float = Field(
+        default=30.0, gt=0, le=86_400.0,
+        description="Time budget of one preview round, seconds: items that would not fit are skipped (a warning says so).",
+    )
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the previews' sampling (same seed, same pictures).")
+
+
 class LaunchSection(Section):
     num_processes: int = Field(default=1, ge=1, le=1024, description="Processes on all machines together.")
     num_machines: int = Field(default=1, ge=1, le=1024)
@@ -154,6 +169,7 @@ class Profile(Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    previews: PreviewsSection = Field(default_factory=PreviewsSection)
     launch: LaunchSection = Field(default_factory=LaunchSection)
     hardware: HardwareSection | None = None
 

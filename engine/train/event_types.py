@@ -97,8 +97,29 @@ def _params(value: Any) -> dict[str, Any] | None:
     return out
 
 
+def _preview_items(value: Any) -> list[dict[str, Any]] | None:
+    """The preview event's items: `{"name", "png", "glb"}` each, strings (`glb` may be null); bad entries left out."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for row in value:
+        if not isinstance(row, Mapping):
+            continue
+        name, png, glb = _text(row.get("name")), _text(row.get("png")), _text(row.get("glb"))
+        if name is not None and png is not None:
+            out.append({"name": name, "png": png, "glb": glb})
+    return out
+
+
+def _names(value: Any) -> list[str] | None:
+    """A list of strings; entries that are not strings are left out."""
+    if not isinstance(value, list):
+        return None
+    return [text for text in (_text(v) for v in value) if text is not None]
+
+
 _PARSERS = {int: _integer, float: _number, str: _text, bool: _flag}
-_SPECIAL = {"metrics": _metrics, "params": _params}
+_SPECIAL = {"metrics": _metrics, "params": _params, "items": _preview_items, "skipped": _names}
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,20 @@ class EvalEvent(Event):
     best: float | None = None
     best_step: int | None = None
     improved: bool | None = None
+    preview_seconds: float | None = None
+    """Seconds the preview round after this evaluation took (None: the run draws no previews)."""
+
+
+@dataclass(frozen=True)
+class PreviewEvent(Event):
+    """A preview round: `items` of `{"name", "png", "glb"}` (paths relative to the run directory)."""
+
+    TYPES: ClassVar[tuple[str, ...]] = ("preview",)
+    step: int | None = None
+    items: list | None = None
+    seconds: float | None = None
+    skipped: list | None = None
+    """Items the round's time budget left out."""
 
 
 @dataclass(frozen=True)
@@ -225,8 +260,8 @@ class EndEvent(Event):
     """True when `adapter` holds a stopped run's last step rather than the finished schedule."""
 
 
-EVENT_CLASSES: tuple[type[Event], ...] = (StartEvent, StepEvent, EvalEvent, CheckpointEvent, OomEvent, MessageEvent,
-                                          EndEvent)
+EVENT_CLASSES: tuple[type[Event], ...] = (StartEvent, StepEvent, EvalEvent, PreviewEvent, CheckpointEvent, OomEvent,
+                                          MessageEvent, EndEvent)
 _BY_TYPE = {name: cls for cls in EVENT_CLASSES for name in cls.TYPES}
 
 

@@ -23,7 +23,7 @@ from engine.errors import CheckpointError
 from engine.train.event_types import Event, parse_event
 from engine.write_errors import TRAIN_ELSEWHERE, write_error
 
-EVENT_TYPES = ("start", "step", "eval", "checkpoint", "warning", "error", "end", "oom", "info")
+EVENT_TYPES = ("start", "step", "eval", "preview", "checkpoint", "warning", "error", "end", "oom", "info")
 END_STATUSES = ("completed", "stopped", "failed")
 
 

@@ -4,7 +4,8 @@ Reads top to bottom: `setup` builds one thing per `_setup_*`; `_train` runs step
 step) and answers stop/save requests; `_save_*` writes checkpoints and adapters; `_cleanup` closes. The
 family supplies the model, data, the loss of one micro-batch and evaluation; the ideas the trainer uses
 each live in their own module (`accelerator`, `run_dir`, `control`, `stream`, `step`, `oom`, `resume`,
-`evaluation`, `saving`, `state`).
+`evaluation`, `previews`, `saving`, `state`). Previews are drawn before the first step (the base) and after
+every evaluation.
 Only the main process writes the run directory.
 """
 
@@ -36,6 +37,7 @@ from engine.train.log_events import family_logs_as_events
 from engine.train.oom import is_oom, shrink_after_oom
 from engine.train.optimizer import build_optimizer
 from engine.train.params import trainable_summary
+from engine.train.previews import Previewer
 from engine.train.resume import resume_run
 from engine.train.run_dir import check_run_dir, prepare_run_dir, write_resolved_profile
 from engine.train.saving import save_adapter
@@ -112,6 +114,7 @@ class Trainer:
         self._lock: RunLock | None = None
         self._last_checkpoint: tuple[dict[str, Any], Path] | None = None
         self._steps_limit: int | None = None
+        self.previewer: Previewer | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -197,8 +200,11 @@ class Trainer:
         device = self.accelerator.device
         self._rng_devices = [device] if device.type == "cuda" else []
         self._setup_trackers()
+        self.previewer = self._setup_previews()
         self.watchdog = LossWatchdog(spike_factor=profile.train.loss_spike_factor, ema=self.state.loss_ema)
         self._start_event(resumed_from)
+        for note in self.previewer.notes if self.previewer is not None else []:
+            self.events_emit("info", message=note)
 
     def _setup_run_dir(self) -> None:
         """Refuses a wrong run directory before writing anything; then (main process) takes its lock for the
@@ -279,6 +285,15 @@ class Trainer:
                 "lr": profile.train.lr, "effective_batch": self.samples_per_step,
             })
 
+    def _setup_previews(self) -> Previewer | None:
+        """The preview rounds (main process only: the pictures are the run directory's)."""
+        if not self.is_main:
+            return None
+        writer = None
+        if self.profile.output.tensorboard:
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        return Previewer(self.recipe, self.run_dir, self.train_ds, self.val_ds, self.events_emit, writer)
+
     def _start_event(self, resumed_from: str | None) -> None:
         profile = self.profile
         self.events_emit(
@@ -311,6 +326,7 @@ class Trainer:
         if self.state.step >= self.total_steps:
             return "completed"
         self.model.train()
+        self._preview_base()
         first = self.state.step
         while self.state.step < self.total_steps:
             self._one_step()
@@ -425,18 +441,36 @@ class Trainer:
         if self.profile.output.tensorboard:
             self.accelerator.log({"train/loss": result.loss, "train/lr": lr}, step=state.step)
 
+    def _preview_base(self) -> None:
+        """The step-0 previews (the base model, the reference of every later round); a resume keeps its own."""
+        if self.previewer is None or not self.previewer.active or self.state.step > 0:
+            return
+        if self.previewer.exists(0):
+            self.events_emit("info", message="previews of step 0 exist from an earlier start of this run; kept")
+            return
+        self._preview()
+
+    def _preview(self) -> float | None:
+        """A preview round of this step; returns its seconds (None when the run draws no previews)."""
+        if self.previewer is None or not self.previewer.active:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        return self.previewer.run(model, self.state.step, self.accelerator.autocast()).seconds
+
     def _evaluate(self) -> None:
-        """Evaluates, tracks the best metric (writing `adapter-best/` on improvement) and says so."""
+        """Evaluates, tracks the best metric (writing `adapter-best/` on improvement), draws previews and says so."""
         model = self.accelerator.unwrap_model(self.model)
         metrics = evaluation.evaluate(model, self.recipe.task, self.val_ds, self.state.micro_batch, self.accelerator,
                                       self.family.collate, self.profile.data.num_workers)
+        preview_seconds = self._preview()
         if not metrics:
             return
         improved = evaluation.record_best(self.state, self.recipe.task, metrics)
         if improved:
             self._save_adapter(self.run_dir / "adapter-best")
         self.events_emit("eval", step=self.state.step, metrics=metrics, primary=self.recipe.task.primary_metric,
-                         best=self.state.best_metric, best_step=self.state.best_step, improved=improved)
+                         best=self.state.best_metric, best_step=self.state.best_step, improved=improved,
+                         preview_seconds=preview_seconds)
         if self.profile.output.tensorboard:
             self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
         if self.hooks.after_eval is not None:

@@ -94,6 +94,7 @@ BENCHES = [
     Bench("midi_latent_cache", "bench_midi_latent_cache.py", "--json", smoke=["--quick"], rows=_latent_cache_rows),
     Bench("memory_calibration", "bench_memory_calibration.py", None, smoke=["--quick"]),
     Bench("dashboard_overhead", "bench_dashboard_overhead.py", None, smoke=["--quick"]),
+    Bench("previews", "bench_previews.py", "--json-out"),
     Bench("scenesplat_predict", "bench_scenesplat_predict.py", "--json-out",
           quick=["--gaussians", "200000", "--backbone", "pointcept", "--memory-gb", "2"],
           smoke=["--gaussians", "20000", "--backbone", "demo-tiny", "--memory-gb", "0.3"]),

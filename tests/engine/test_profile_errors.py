@@ -131,7 +131,7 @@ def test_every_schema_key_is_documented():
     doc = (REPO / "docs" / "profiles.md").read_text()
     for section, cls in [("model", schema.ModelSection), ("lora", schema.LoraSection), ("data", schema.DataSection),
                          ("train", schema.TrainSection), ("output", schema.OutputSection),
-                         ("launch", schema.LaunchSection), ("hardware", schema.HardwareSection)]:
+                         ("previews", schema.PreviewsSection), ("launch", schema.LaunchSection), ("hardware", schema.HardwareSection)]:
         for key in cls.model_fields:
             assert f"`{section}.{key}`" in doc, f"{section}.{key} missing from docs/profiles.md"
 

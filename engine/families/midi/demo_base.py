@@ -40,6 +40,7 @@ def vae_profile(settings: dict[str, Any]) -> dict[str, Any]:
                  "synthetic_num_samples": settings["points"], "synthetic_seed": settings["seed"]},
         "train": {"max_steps": steps, "batch_size": settings["vae_batch"], "lr": settings["vae_lr"],
                   "warmup_steps": max(1, steps // 20), "scheduler": "cosine", "seed": settings["seed"], **_OPTIMISER},
+        "previews": {"enabled": False},  # a cached prerequisite: nobody looks at its run directory
     }
 
 
@@ -57,6 +58,7 @@ def base_profile(settings: dict[str, Any]) -> dict[str, Any]:
                  "synthetic_num_samples": settings["points"]},
         "train": {"max_steps": settings["base_steps"], "batch_size": settings["base_batch"], "lr": settings["base_lr"],
                   "warmup_steps": 0, "scheduler": "constant", "seed": settings["seed"], **_OPTIMISER},
+        "previews": {"enabled": False},
     }
 
 

@@ -22,7 +22,16 @@ from torch import nn
 
 from engine.atomic import atomic_file, atomic_folder, publish_folder
 from engine.errors import CheckpointError
-from engine.families.base import Family, MemoryDescription, Prerequisite, Recipe, WizardSpec
+from engine.families.base import (
+    Family,
+    MemoryDescription,
+    Prerequisite,
+    PreviewFiles,
+    PreviewItem,
+    Recipe,
+    WizardSpec,
+)
+from engine.families.midi import preview
 from engine.families.midi.data import (
     MidiSceneDataset,
     collate_scenes,
@@ -47,6 +56,7 @@ from engine.families.midi.options import (
     MidiDataOptions,
     MidiLoraOptions,
     MidiModelOptions,
+    MidiPreviewOptions,
     check_profile,
     model_kinds,
     resolve_mi_blocks,
@@ -81,6 +91,7 @@ class MidiFamily(Family):
     model_options = MidiModelOptions
     data_options = MidiDataOptions
     lora_options = MidiLoraOptions
+    preview_options = MidiPreviewOptions
     presets = DIT_PRESETS
     demo = "engine.families.midi.demo:run_demo"
     # The Chamfer evaluation's settings: how the run is judged, not what it trains on.
@@ -208,6 +219,17 @@ class MidiFamily(Family):
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         return describe_vae_memory(recipe) if recipe.profile.model.task == "vae" else describe_memory(recipe)
+
+    # ------------------------------------------------------------------ previews
+    def preview_items(self, recipe: Recipe, train_ds: Any, val_ds: Any) -> list[PreviewItem]:
+        return preview.preview_items(recipe, train_ds, val_ds)
+
+    def preview(self, recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Path, seed: int,
+                step: int) -> PreviewFiles:
+        return preview.draw_preview(recipe, model, item, folder, seed, step)
+
+    def preview_data(self, recipe: Recipe, folder: Path) -> list[Path]:
+        return preview.draw_data_preview(recipe, folder)
 
     def identity(self, recipe: Recipe, model: nn.Module) -> dict[str, Any]:
         # What the build resolved (the profile's `mi_blocks` may be empty = MIDI's default for this depth).

@@ -99,6 +99,15 @@ class MidiLoraOptions(BaseModel):
     )
 
 
+class MidiPreviewOptions(BaseModel):
+    """The `previews` keys the midi family adds (guidance and mesh grid are `data.eval_guidance_scale` and
+    `data.eval_octree_resolution`, as for the Chamfer generation)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    sampling_steps: int = Field(default=8, ge=1, le=1000, description="Sampling steps of a preview's generation (few: "
+                                "previews show the trend, `lora3d infer` the quality).")
+
+
 @dataclass(frozen=True)
 class MidiOptions:
     """What the family derives from a resolved profile, once.

@@ -18,9 +18,17 @@ from torch import nn
 
 from engine.cache import cache_root
 from engine.errors import CheckpointError
-from engine.families.base import Family, MemoryDescription, Prerequisite, Recipe, WizardSpec
+from engine.families.base import (
+    Family,
+    MemoryDescription,
+    Prerequisite,
+    PreviewFiles,
+    PreviewItem,
+    Recipe,
+    WizardSpec,
+)
 from engine.families.scenesplat.data import collate_scenes
-from engine.families.sonata import ENTRY, adapters, datacheck, datasets
+from engine.families.sonata import ENTRY, adapters, datacheck, datasets, preview
 from engine.families.sonata.memory import describe_memory
 from engine.families.sonata.options import (
     SonataDataOptions,
@@ -67,6 +75,7 @@ def demo_base_profile(settings: dict[str, Any]) -> dict[str, Any]:
         "train": {"max_steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
                   "warmup_steps": max(1, settings["steps"] // 10), "seed": settings["seed"], "device": "cpu",
                   "max_grad_norm": None},
+        "previews": {"enabled": False},  # a cached prerequisite: nobody looks at its run directory
     }
 
 
@@ -177,6 +186,17 @@ class SonataFamily(Family):
 
     def describe_memory(self, recipe: Recipe) -> MemoryDescription:
         return describe_memory(recipe)
+
+    # ---------------------------------------------------------------- previews
+    def preview_items(self, recipe: Recipe, train_ds: Any, val_ds: Any) -> list[PreviewItem]:
+        return preview.preview_items(recipe, train_ds, val_ds)
+
+    def preview(self, recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Path, seed: int,
+                step: int) -> PreviewFiles:
+        return preview.draw_preview(recipe, model, item, folder, seed, step)
+
+    def preview_data(self, recipe: Recipe, folder: Path) -> list[Path]:
+        return preview.draw_data_preview(recipe, folder)
 
     # ---------------------------------------------------------------- adapters
     def save_adapter(self, model: nn.Module, folder: Path, metadata: dict[str, Any]) -> None:
