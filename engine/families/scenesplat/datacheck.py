@@ -7,6 +7,7 @@ or `DataReport.to_dict()`.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,22 +112,46 @@ def file_of(message: str, folder: Path) -> str:
         return "" if head == str(folder) else head
 
 
-def scan_dataset(
+def point_stats(counts: list[int]) -> dict[str, int | float]:
+    """{"min", "median", "max", "total"} of per-scene point counts (a `DataReport.points` entry)."""
+    return {
+        "min": int(np.min(counts)),
+        "median": float(np.median(counts)),
+        "max": int(np.max(counts)),
+        "total": int(np.sum(counts)),
+    }
+
+
+def count_labels(labels: np.ndarray, histogram: dict[int, int]) -> np.ndarray:
+    """Adds a scene's labels to `histogram` (every negative label counted as ignore); returns the distinct ones."""
+    labels = labels.astype(np.int64)
+    labels[labels < 0] = IGNORE_INDEX
+    values, n = np.unique(labels, return_counts=True)
+    for v, c in zip(values.tolist(), n.tolist()):
+        histogram[v] = histogram.get(v, 0) + c
+    return values
+
+
+def scan_scenes(
     root: str | Path,
-    splits: tuple[str, ...] | list[str] = ("train", "val"),
-    label_key: str = "segment",
-    num_classes: int | None = None,
-) -> DataReport:
-    """Loads and validates every scene of the given splits.
+    splits: tuple[str, ...] | list[str],
+    label_key: str,
+    num_classes: int | None,
+    read_scene: Callable[[Path], dict[str, np.ndarray]],
+    classes_key: str = "num_classes",
+) -> tuple[DataReport, list[str]]:
+    """Loads and validates every scene folder of the given splits with `read_scene`.
 
     Args:
         root: dataset root holding the split folders.
         splits: split folders to scan; a missing one is a problem, not an error.
         label_key: `segment`, `segment20` or `segment200`.
         num_classes: when set, labels outside [0, num_classes) other than -1 are problems.
+        read_scene: loads and validates one scene folder, raising DataError naming the file.
+        classes_key: the profile key an out-of-range label's message tells the user to raise.
 
     Returns:
-        The report; `report.ok` is False when any problem was found.
+        The report and the names of the good scenes without `label_key`.
 
     Raises:
         DataError: the root folder is missing or `label_key` is unknown.
@@ -142,6 +167,7 @@ def scan_dataset(
         )
     report = DataReport(root=str(root), label_key=label_key)
     histogram: dict[int, int] = {}
+    unlabelled: list[str] = []
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -159,8 +185,7 @@ def scan_dataset(
         counts: list[int] = []
         for folder in folders:
             try:
-                scene = load_scene(folder)
-                build_sample(scene, folder.name, label_key, folder=folder)
+                scene = read_scene(folder)
             except DataError as err:
                 report.problems.append((str(folder), file_of(str(err), folder), str(err)))
                 continue
@@ -168,13 +193,10 @@ def scan_dataset(
             if "lang_feat" in scene:
                 report.lang_feat_dim = int(scene["lang_feat"].shape[1])
             if label_key not in scene:
+                unlabelled.append(folder.name)
                 continue
             report.labelled_scenes += 1
-            labels = scene[label_key].astype(np.int64)
-            labels[labels < 0] = IGNORE_INDEX
-            values, n = np.unique(labels, return_counts=True)
-            for v, c in zip(values.tolist(), n.tolist()):
-                histogram[v] = histogram.get(v, 0) + c
+            values = count_labels(scene[label_key], histogram)
             if num_classes is not None:
                 bad = values[(values >= num_classes)]
                 if len(bad):
@@ -183,18 +205,36 @@ def scan_dataset(
                             str(folder),
                             f"{label_key}.npy",
                             f"{folder / (label_key + '.npy')}: labels outside [0, {num_classes}), got {bad.tolist()!r}. "
-                            f"Map them to -1 (ignore) or raise `num_classes`.",
+                            f"Map them to -1 (ignore) or raise `{classes_key}`.",
                         )
                     )
         if counts:
-            report.points[split] = {
-                "min": int(np.min(counts)),
-                "median": float(np.median(counts)),
-                "max": int(np.max(counts)),
-                "total": int(np.sum(counts)),
-            }
+            report.points[split] = point_stats(counts)
     report.label_histogram = dict(sorted(histogram.items()))
-    return report
+    return report, unlabelled
+
+
+def scan_dataset(
+    root: str | Path,
+    splits: tuple[str, ...] | list[str] = ("train", "val"),
+    label_key: str = "segment",
+    num_classes: int | None = None,
+) -> DataReport:
+    """Loads and validates every SceneSplat scene of the given splits (see `scan_scenes`).
+
+    Returns:
+        The report; `report.ok` is False when any problem was found.
+
+    Raises:
+        DataError: the root folder is missing or `label_key` is unknown.
+    """
+
+    def read_scene(folder: Path) -> dict[str, np.ndarray]:
+        scene = load_scene(folder)
+        build_sample(scene, folder.name, label_key, folder=folder)
+        return scene
+
+    return scan_scenes(root, splits, label_key, num_classes, read_scene)[0]
 
 
 class NamedReport:

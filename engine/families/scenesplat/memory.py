@@ -91,7 +91,7 @@ def _search_bytes(profile: Any, points: int) -> float:
     return table + 20 * min(1 << 24, queries)
 
 
-def _level_factors(cfg: dict[str, Any]) -> list[float]:
+def level_factors(cfg: dict[str, Any]) -> list[float]:
     """Tokens per level relative to the input points (1/stride per pooling, see the module docstring)."""
     factors = [1.0]
     for s in cfg["stride"][: len(cfg["enc_depths"]) - 1]:
@@ -101,7 +101,7 @@ def _level_factors(cfg: dict[str, Any]) -> list[float]:
 
 def _conv_layers(cfg: dict[str, Any]) -> list[tuple[float, int, int]]:
     """(tokens factor, C_in, C_out) of every submanifold convolution: the stem and each block's CPE."""
-    factors = _level_factors(cfg)
+    factors = level_factors(cfg)
     enc_ch = cfg["enc_channels"]
     convs = [(1.0, int(cfg["in_channels"]), int(enc_ch[0]))]
     convs += [(factors[s], int(c), int(c)) for s, c in enumerate(enc_ch)]
@@ -132,8 +132,14 @@ def _config(backbone: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def points_per_scene(profile: Any) -> tuple[int, str]:
-    """Points per scene the estimate uses, and where the number comes from."""
+def points_per_scene(profile: Any, default: int = DEFAULT_POINTS_PER_SCENE, default_source: str = "") -> tuple[int, str]:
+    """Points per scene the estimate uses, and where the number comes from.
+
+    Args:
+        profile: the resolved profile.
+        default: the family's points per scene for real data without `data.point_budget`.
+        default_source: where `default` comes from, said in parentheses after it.
+    """
     data = profile.data
     budget = getattr(data, "point_budget", None)
     if budget:
@@ -142,7 +148,8 @@ def points_per_scene(profile: Any) -> tuple[int, str]:
         return int(budget), "`data.point_budget`"
     if data.root is None:
         return int(data.synthetic_points), "`data.synthetic_points`"
-    return DEFAULT_POINTS_PER_SCENE, f"no `data.point_budget`: assumed {DEFAULT_POINTS_PER_SCENE} points per scene"
+    return default, f"no `data.point_budget`: assumed {default} points per scene" + (
+        f" ({default_source})" if default_source else "")
 
 
 def _block_params(c: int, mlp_ratio: float, qkv_bias: bool) -> int:
@@ -153,7 +160,7 @@ def _block_params(c: int, mlp_ratio: float, qkv_bias: bool) -> int:
     return cpe + 2 * c + attn + 2 * c + mlp
 
 
-def _target_stage_names(lora: Any, num_enc: int, num_dec: int) -> set[str]:
+def target_stage_names(lora: Any, num_enc: int, num_dec: int) -> set[str]:
     """Stage names (`enc{s}`, `dec{s}`) the resolved `lora` keys adapt (the preset is already applied)."""
     stages = lora.target_stages
     if stages is None:
@@ -172,6 +179,31 @@ def _target_stage_names(lora: Any, num_enc: int, num_dec: int) -> set[str]:
     return names
 
 
+def block_layer(name: str, c: int, h: int, heads: int, patch: int, factor: float, fp32_elems: float,
+                dropout_elems: float, rank_elems: float, scores_stored: bool) -> dict[str, Any]:
+    """One PT-v3 block's `MemoryDescription` layer (both versions store the same half-precision activations).
+
+    Args:
+        name: `enc{s}.block{i}` or `dec{s}.block{i}`.
+        c: width; h: MLP hidden width; heads, patch: attention heads and patch size.
+        factor: tokens of the block's level relative to the input points.
+        fp32_elems: per-point elements kept in fp32 (the version's norms and scales).
+        dropout_elems: per-point elements LoRA dropout sees (0 without dropout).
+        rank_elems: per-point elements per unit of rank (LoRA's down projections).
+        scores_stored: attention stores heads x patch scores per point (the math path).
+    """
+    return {
+        "name": name, "width": c, "heads": heads, "seq": patch, "tokens_factor": factor,
+        "fp32_elems": fp32_elems,
+        # cpe linear in, qkv in, q/k/v, attention out, proj in, fc1 in, GELU in, fc2 in.
+        "half_elems": 7 * c + 2 * h + 1.25 * dropout_elems,
+        "rank_elems": rank_elems,
+        "ckpt_elems": 2 * c,
+        "checkpointable": True,
+        "scores_stored": scores_stored,
+    }
+
+
 def describe_memory(recipe: Any) -> MemoryDescription:
     """The PTv3 description at the recipe's settings (see the module docstring for assumptions)."""
     profile, options = recipe.profile, recipe.options
@@ -187,9 +219,9 @@ def describe_memory(recipe: Any) -> MemoryDescription:
     dec_ch = tuple(cfg["dec_channels"][:num_dec]) + (enc_ch[-1],)
     scores_stored = bool(cfg["enable_rpe"] or cfg["upcast_attention"] or cfg["upcast_softmax"])
     n_orders = len(cfg["order"])
-    targets = _target_stage_names(lora, num_enc, num_dec)
+    targets = target_stage_names(lora, num_enc, num_dec)
 
-    factors = _level_factors(cfg)
+    factors = level_factors(cfg)
 
     frozen = 125 * cfg["in_channels"] * enc_ch[0] + 2 * enc_ch[0]
     lora_per_rank = 0
@@ -223,17 +255,9 @@ def describe_memory(recipe: Any) -> MemoryDescription:
         for i in range(depth):
             frozen += _block_params(c, ratio, bool(cfg["qkv_bias"]))
             lora_per_rank += per_block_rank
-            layers.append({
-                "name": f"{name}.block{i}", "width": c, "heads": heads, "seq": patch, "tokens_factor": factor,
-                # LayerNorm inputs (cpe, norm1, norm2) and the conv's saved input stay fp32.
-                "fp32_elems": 4 * c,
-                # cpe linear in, qkv in, q/k/v, attention out, proj in, fc1 in, GELU in, fc2 in.
-                "half_elems": 7 * c + 2 * h + 1.25 * dropout_elems,
-                "rank_elems": rank_elems,
-                "ckpt_elems": 2 * c,
-                "checkpointable": True,
-                "scores_stored": scores_stored,
-            })
+            # LayerNorm inputs (cpe, norm1, norm2) and the conv's saved input stay fp32.
+            layers.append(block_layer(f"{name}.block{i}", c, h, heads, patch, factor, 4 * c, dropout_elems,
+                                      rank_elems, scores_stored))
 
     for s in range(num_enc):
         if s > 0:
@@ -313,7 +337,7 @@ def _block_phases(c: int, mlp_ratio: float, tokens: float, device_type: str) -> 
 
 def _forward_phases(cfg: dict[str, Any], points: int, head_width: int, device_type: str) -> list[list[float]]:
     """Every widest moment of one forward without gradients, as the tensors (elements each) alive then."""
-    factors = _level_factors(cfg)
+    factors = level_factors(cfg)
     enc_ch = cfg["enc_channels"]
     ratio = float(cfg["mlp_ratio"])
     n = [points * f for f in factors]

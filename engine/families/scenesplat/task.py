@@ -20,7 +20,7 @@ NOTE: metric conventions, shared by both tasks:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,41 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in ("coord", "grid_coord", "feat", "offset") if k in batch}
 
 
+@torch.no_grad()
+def evaluate_segmentation(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    class_names: Sequence[str],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ignore_index: int = IGNORE_INDEX,
+    fg_exclude: Sequence[str] = FOREGROUND_EXCLUDE,
+) -> dict[str, float]:
+    """Segmentation metrics over the batches (`segmentation_metrics`) plus `val_loss`.
+
+    Args:
+        model: maps `model_inputs(batch)` to (N, C) logits.
+        batches: collated batches with `segment` labels.
+        class_names: the C class names.
+        loss_fn: (logits, target) -> mean loss over labelled points; `val_loss` weights it by their count.
+        ignore_index: the label of unlabelled points.
+        fg_exclude: classes left out of the foreground means.
+    """
+    c = len(class_names)
+    matrix = torch.zeros(c, c + 1, dtype=torch.int64)
+    loss_sum, labelled = 0.0, 0
+    for batch in batches:
+        logits = model(model_inputs(batch))
+        target = batch["segment"]
+        n = int((target != ignore_index).sum())
+        if n:
+            loss_sum += float(loss_fn(logits, target)) * n
+            labelled += n
+        matrix += confusion_matrix(logits.argmax(1), target, c, ignore_index)
+    metrics = segmentation_metrics(matrix, list(class_names), fg_exclude)
+    metrics["val_loss"] = loss_sum / max(labelled, 1)
+    return metrics
+
+
 @dataclass(frozen=True)
 class SemsegTask:
     """Semantic segmentation: cross-entropy; mIoU, mAcc, allAcc and per-class IoU over the batches."""
@@ -255,22 +290,10 @@ class SemsegTask:
         loss = semseg_loss(logits, batch["segment"], self.ignore_index)
         return StepOutput(loss=loss, num_samples=len(batch["offset"]), num_tokens=int(batch["coord"].shape[0]))
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        c = len(self.class_names)
-        matrix = torch.zeros(c, c + 1, dtype=torch.int64)
-        loss_sum, labelled = 0.0, 0
-        for batch in batches:
-            logits = model(model_inputs(batch))
-            target = batch["segment"]
-            n = int((target != self.ignore_index).sum())
-            if n:
-                loss_sum += float(semseg_loss(logits, target, self.ignore_index)) * n
-                labelled += n
-            matrix += confusion_matrix(logits.argmax(1), target, c, self.ignore_index)
-        metrics = segmentation_metrics(matrix, list(self.class_names), self.fg_exclude)
-        metrics["val_loss"] = loss_sum / max(labelled, 1)
-        return metrics
+        return evaluate_segmentation(model, batches, self.class_names,
+                                     lambda logits, target: semseg_loss(logits, target, self.ignore_index),
+                                     self.ignore_index, self.fg_exclude)
 
 
 @dataclass(frozen=True)

@@ -505,23 +505,47 @@ def build_transforms(
         feat_keys: channels of `feat`, in order.
         seed: seed of the fallback generator (a generator passed at call time wins).
     """
+    augmentations = [
+        RandomDropout(dropout_ratio=0.2, p=0.2),
+        RandomRotate(angle=(-1, 1), axis="z", p=0.5),
+        RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=0.5),
+        RandomRotate(angle=(-1 / 64, 1 / 64), axis="y", p=0.5),
+        RandomScale(scale=(0.9, 1.1)),
+        RandomFlip(p=0.5),
+        RandomJitter(sigma=0.005, clip=0.01),
+        ChromaticAutoContrast(p=0.2),
+        ChromaticTranslation(p=0.95, ratio=0.05),
+        ChromaticJitter(p=0.95, std=0.005),
+    ]
+    return scene_pipeline(split, grid_size, point_budget, augmentations if augment else [],
+                          [Collect(feat_keys=feat_keys)], seed)
+
+
+def scene_pipeline(
+    split: str,
+    grid_size: float,
+    point_budget: int | None,
+    augmentations: Sequence[Transform],
+    finish: Sequence[Transform],
+    seed: int | None = None,
+) -> Compose:
+    """Pointcept's semseg pipeline shape: centre (with z), augment (train only), voxelise, crop, centre, finish.
+
+    Args:
+        split: "train" (random voxel point, random crop, `augmentations`) or "val"/"test"
+            (deterministic voxel point and centre crop, no augmentation).
+        grid_size: voxel edge in metres.
+        point_budget: keep at most this many points per scene after voxelisation; None keeps all.
+        augmentations: the train augmentations, in order (the family's config).
+        finish: the last steps (colour mapping, `Collect`).
+        seed: seed of the fallback generator (a generator passed at call time wins).
+    """
     train = split == "train"
     steps: list[Transform] = [CenterShift(apply_z=True)]
-    if train and augment:
-        steps += [
-            RandomDropout(dropout_ratio=0.2, p=0.2),
-            RandomRotate(angle=(-1, 1), axis="z", p=0.5),
-            RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=0.5),
-            RandomRotate(angle=(-1 / 64, 1 / 64), axis="y", p=0.5),
-            RandomScale(scale=(0.9, 1.1)),
-            RandomFlip(p=0.5),
-            RandomJitter(sigma=0.005, clip=0.01),
-            ChromaticAutoContrast(p=0.2),
-            ChromaticTranslation(p=0.95, ratio=0.05),
-            ChromaticJitter(p=0.95, std=0.005),
-        ]
+    if train:
+        steps += augmentations
     steps.append(GridSample(grid_size=grid_size, mode="train" if train else "val"))
     if point_budget is not None:
         steps.append(SphereCrop(point_max=point_budget, mode="random" if train else "center"))
-    steps += [CenterShift(apply_z=False), Collect(feat_keys=feat_keys)]
+    steps += [CenterShift(apply_z=False), *finish]
     return Compose(steps, seed=seed)

@@ -11,9 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import DataError
-from engine.families.scenesplat.data import IGNORE_INDEX, LABEL_KEYS
-from engine.families.scenesplat.datacheck import DataReport, NamedReport, file_of
+from engine.families.scenesplat.data import LABEL_KEYS
+from engine.families.scenesplat.datacheck import (
+    DataReport,
+    NamedReport,
+    count_labels,
+    point_stats,
+    scan_scenes,
+)
 from engine.families.scenesplat.synthetic import SYNTHETIC_CLASSES
 from engine.families.sonata.data import build_point_sample, load_point_scene
 from engine.families.sonata.datasets import SyntheticPointRoomDataset
@@ -33,58 +38,19 @@ def scan_point_dataset(root: str | Path, splits: list[str], label_key: str = "se
         DataError: the root folder is missing or `label_key` is unknown.
     """
     root = Path(root)
-    if label_key not in LABEL_KEYS:
-        raise DataError(f"label_key: unknown label file, got {label_key!r}. Use one of {', '.join(LABEL_KEYS)}.")
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset root is missing, got no such folder. Check `data.root` in the profile.")
-    report = DataReport(root=str(root), label_key=label_key)
-    histogram: dict[int, int] = {}
-    unlabelled: list[str] = []
-    for split in splits:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            report.scenes[split] = 0
-            report.problems.append((str(split_dir), "", f"{split_dir}: split folder is missing. Create it or drop `{split}`."))
-            continue
-        folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        report.scenes[split] = len(folders)
-        if not folders:
-            report.problems.append((str(split_dir), "", f"{split_dir}: split has no scene folders. Add scenes."))
-        counts: list[int] = []
-        for folder in folders:
-            try:
-                scene = load_point_scene(folder)
-                build_point_sample(scene, folder.name, label_key, folder)
-            except DataError as err:
-                report.problems.append((str(folder), file_of(str(err), folder), str(err)))
-                continue
-            counts.append(len(scene["coord"]))
-            if label_key not in scene:
-                unlabelled.append(folder.name)
-                continue
-            report.labelled_scenes += 1
-            labels = scene[label_key].astype(np.int64)
-            labels[labels < 0] = IGNORE_INDEX
-            values, n = np.unique(labels, return_counts=True)
-            for v, c in zip(values.tolist(), n.tolist()):
-                histogram[v] = histogram.get(v, 0) + c
-            bad = values[values >= num_classes] if num_classes is not None else values[:0]
-            if len(bad):
-                report.problems.append((
-                    str(folder), f"{label_key}.npy",
-                    f"{folder / (label_key + '.npy')}: labels outside [0, {num_classes}), got {bad.tolist()!r}. "
-                    "Map them to -1 (ignore) or raise `model.num_classes`.",
-                ))
-        if counts:
-            report.points[split] = {"min": int(np.min(counts)), "median": float(np.median(counts)),
-                                    "max": int(np.max(counts)), "total": int(np.sum(counts))}
+
+    def read_scene(folder: Path) -> dict[str, np.ndarray]:
+        scene = load_point_scene(folder)
+        build_point_sample(scene, folder.name, label_key, folder)
+        return scene
+
+    report, unlabelled = scan_scenes(root, splits, label_key, num_classes, read_scene, "model.num_classes")
     if unlabelled and report.labelled_scenes == 0:
         others = [k for k in LABEL_KEYS if k != label_key and any(any((root / s).glob(f"*/{k}.npy")) for s in splits)]
         fix = f"Set `data.label_key: {others[0]}`" if others else f"Add {label_key}.npy to the scenes"
         report.problems.append((str(root), f"{label_key}.npy",
                                 f"{root}: no scene has `{label_key}.npy`, got {len(unlabelled)} unlabelled scenes "
                                 f"(every point would be ignored). {fix}."))
-    report.label_histogram = dict(sorted(histogram.items()))
     return report
 
 
@@ -103,12 +69,9 @@ def check_data(profile: Any, num_classes: int, class_names: list[str]) -> NamedR
                                           data.synthetic_shift).rooms
         counts = [len(r["coord"]) for r in rooms]
         report.scenes[split] = len(rooms)
-        report.points[split] = {"min": int(np.min(counts)), "median": float(np.median(counts)),
-                                "max": int(np.max(counts)), "total": int(np.sum(counts))}
+        report.points[split] = point_stats(counts)
         for room in rooms:
-            values, n = np.unique(room["segment"], return_counts=True)
-            for v, c in zip(values.tolist(), n.tolist()):
-                histogram[v] = histogram.get(v, 0) + c
+            count_labels(room["segment"], histogram)
         report.labelled_scenes += len(rooms)
     report.label_histogram = dict(sorted(histogram.items()))
     return NamedReport(report, list(class_names) or list(SYNTHETIC_CLASSES))

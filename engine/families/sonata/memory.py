@@ -22,7 +22,14 @@ from __future__ import annotations
 from typing import Any
 
 from engine.families.base import Lever, MemoryDescription
-from engine.families.scenesplat.memory import DEFAULT_ROOM_M, SYNTHETIC_ROOM_M
+from engine.families.scenesplat import memory as scenesplat_memory
+from engine.families.scenesplat.memory import (
+    DEFAULT_ROOM_M,
+    SYNTHETIC_ROOM_M,
+    block_layer,
+    level_factors,
+    target_stage_names,
+)
 from engine.models.ptv3 import sparse_conv
 
 DEFAULT_POINTS_PER_SCENE = 102_400
@@ -90,16 +97,8 @@ def head_width(cfg: dict[str, Any]) -> int:
 
 
 def points_per_scene(profile: Any) -> tuple[int, str]:
-    """Points per scene the estimate uses, and where the number comes from."""
-    data = profile.data
-    if data.point_budget:
-        if data.root is None:
-            return min(int(data.point_budget), int(data.synthetic_points)), "`data.point_budget` (synthetic rooms)"
-        return int(data.point_budget), "`data.point_budget`"
-    if data.root is None:
-        return int(data.synthetic_points), "`data.synthetic_points`"
-    return DEFAULT_POINTS_PER_SCENE, (f"no `data.point_budget`: assumed {DEFAULT_POINTS_PER_SCENE} points per scene "
-                                      "(Pointcept's SphereCrop budget)")
+    """Points per scene the estimate uses, and where the number comes from (SceneSplat's rule, Sonata's default)."""
+    return scenesplat_memory.points_per_scene(profile, DEFAULT_POINTS_PER_SCENE, "Pointcept's SphereCrop budget")
 
 
 def search_bytes(profile: Any, points: int, cfg: dict[str, Any] | None = None) -> float:
@@ -121,30 +120,11 @@ def search_bytes(profile: Any, points: int, cfg: dict[str, Any] | None = None) -
     return worst
 
 
-def _level_factors(cfg: dict[str, Any]) -> list[float]:
-    factors = [1.0]
-    for s in cfg["stride"][: len(cfg["enc_depths"]) - 1]:
-        factors.append(factors[-1] / float(s))
-    return factors
-
-
 def _targets(lora: Any, num_enc: int, num_dec: int) -> set[str]:
     """Stage names (`enc{s}`, `dec{s}`) the resolved `lora` keys adapt (none for linear probing)."""
     if lora.method == "full" or not (lora.target_modules is None or lora.target_modules):
         return set()
-    stages = lora.target_stages
-    if stages is None:
-        names = {f"enc{s}" for s in range(num_enc)}
-        return names | ({f"dec{s}" for s in range(num_dec)} if not lora.encoder_only else set())
-    names = set()
-    for stage in stages:
-        if isinstance(stage, str):
-            names.add(stage)
-        else:
-            names.add(f"enc{stage}")
-            if not lora.encoder_only and stage < num_dec:
-                names.add(f"dec{stage}")
-    return names
+    return target_stage_names(lora, num_enc, num_dec)
 
 
 def lora_params_per_rank(cfg: dict[str, Any], lora: Any) -> int:
@@ -183,7 +163,7 @@ def describe_memory(recipe: Any) -> MemoryDescription:
     num_enc = len(enc_depths)
     num_dec = 0 if cfg["enc_mode"] else num_enc - 1
     scores_stored = bool(cfg["enable_rpe"] or cfg["upcast_attention"] or cfg["upcast_softmax"])
-    factors = _level_factors(cfg)
+    factors = level_factors(cfg)
     targets = _targets(lora, num_enc, num_dec)
     modules = set(lora.target_modules if lora.target_modules is not None else ["qkv"])
     per_rank = lora_params_per_rank(cfg, lora) if lora.method == "lora" else 0
@@ -218,19 +198,12 @@ def describe_memory(recipe: Any) -> MemoryDescription:
             dropout_elems += c + h
         if lora.dropout <= 0:
             dropout_elems = 0.0
+        # LayerNorm inputs (cpe, norm1, norm2) and the conv's saved input stay fp32; layer scale
+        # saves its two inputs.
+        fp32_elems = 4 * c + (2 * c if cfg["layer_scale"] is not None else 0)
         for i in range(depth):
-            layers.append({
-                "name": f"{name}.block{i}", "width": c, "heads": heads, "seq": patch, "tokens_factor": factor,
-                # LayerNorm inputs (cpe, norm1, norm2) and the conv's saved input stay fp32; layer scale
-                # saves its two inputs.
-                "fp32_elems": 4 * c + (2 * c if cfg["layer_scale"] is not None else 0),
-                # cpe linear in, qkv in, q/k/v, attention out, proj in, fc1 in, GELU in, fc2 in.
-                "half_elems": 7 * c + 2 * h + 1.25 * dropout_elems,
-                "rank_elems": rank_elems,
-                "ckpt_elems": 2 * c,
-                "checkpointable": True,
-                "scores_stored": scores_stored,
-            })
+            layers.append(block_layer(f"{name}.block{i}", c, h, heads, patch, factor, fp32_elems, dropout_elems,
+                                      rank_elems, scores_stored))
 
     for s in range(num_enc):
         if s > 0:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.families.base import StepOutput
-from engine.families.scenesplat.task import confusion_matrix, model_inputs, segmentation_metrics
+from engine.families.scenesplat.task import FOREGROUND_EXCLUDE, evaluate_segmentation, model_inputs
 
 IGNORE_INDEX = -1
 
@@ -106,7 +106,7 @@ class SonataSemsegTask:
     class_names: tuple[str, ...]
     losses: tuple[tuple[str, float], ...] = (("cross_entropy", 1.0), ("lovasz", 1.0))
     ignore_index: int = IGNORE_INDEX
-    fg_exclude: tuple[str, ...] = ("wall", "floor", "ceiling")
+    fg_exclude: tuple[str, ...] = FOREGROUND_EXCLUDE
     name: str = "semseg"
     primary_metric: str = "miou"
     greater_is_better: bool = True
@@ -118,20 +118,8 @@ class SonataSemsegTask:
         return StepOutput(loss=loss, metrics=metrics, num_samples=len(batch["offset"]),
                           num_tokens=int(batch["coord"].shape[0]))
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        c = len(self.class_names)
-        matrix = torch.zeros(c, c + 1, dtype=torch.int64)
-        loss_sum, labelled = 0.0, 0
-        for batch in batches:
-            logits = model(model_inputs(batch))
-            target = batch["segment"]
-            n = int((target != self.ignore_index).sum())
-            if n:
-                loss, _ = combined_loss(logits, target, self.losses, self.ignore_index)
-                loss_sum += float(loss) * n
-                labelled += n
-            matrix += confusion_matrix(logits.argmax(1), target, c, self.ignore_index)
-        metrics = segmentation_metrics(matrix, list(self.class_names), self.fg_exclude)
-        metrics["val_loss"] = loss_sum / max(labelled, 1)
-        return metrics
+        return evaluate_segmentation(model, batches, self.class_names,
+                                     lambda logits, target: combined_loss(logits, target, self.losses,
+                                                                          self.ignore_index)[0],
+                                     self.ignore_index, self.fg_exclude)

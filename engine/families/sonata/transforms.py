@@ -17,21 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from engine.families.scenesplat.transforms import (
-    CenterShift,
     ChromaticAutoContrast,
     ChromaticJitter,
     ChromaticTranslation,
     Collect,
     Compose,
-    GridSample,
     RandomDropout,
     RandomFlip,
     RandomJitter,
     RandomRotate,
     RandomScale,
     Sample,
-    SphereCrop,
     Transform,
+    scene_pipeline,
 )
 
 FEAT_KEYS = ("coord", "color", "normal")
@@ -59,23 +57,17 @@ def build_sonata_transforms(split: str, grid_size: float = 0.02, point_budget: i
         augment: apply the train augmentations (ignored for val/test).
         seed: seed of the fallback generator (a generator passed at call time wins).
     """
-    train = split == "train"
-    steps: list[Transform] = [CenterShift(apply_z=True)]
-    if train and augment:
-        steps += [
-            RandomDropout(dropout_ratio=0.2, p=1.0),
-            RandomRotate(angle=(-1, 1), axis="z", p=0.5),
-            RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=0.5),
-            RandomRotate(angle=(-1 / 64, 1 / 64), axis="y", p=0.5),
-            RandomScale(scale=(0.9, 1.1)),
-            RandomFlip(p=0.5),
-            RandomJitter(sigma=0.005, clip=0.02),
-            ChromaticAutoContrast(p=0.2),
-            ChromaticTranslation(p=0.95, ratio=0.05),
-            ChromaticJitter(p=0.95, std=0.05),
-        ]
-    steps.append(GridSample(grid_size=grid_size, mode="train" if train else "val"))
-    if point_budget is not None:
-        steps.append(SphereCrop(point_max=point_budget, mode="random" if train else "center"))
-    steps += [CenterShift(apply_z=False), UnitColor(), Collect(feat_keys=FEAT_KEYS, optional_keys=("name", "instance"))]
-    return Compose(steps, seed=seed)
+    augmentations = [
+        RandomDropout(dropout_ratio=0.2, p=1.0),
+        RandomRotate(angle=(-1, 1), axis="z", p=0.5),
+        RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=0.5),
+        RandomRotate(angle=(-1 / 64, 1 / 64), axis="y", p=0.5),
+        RandomScale(scale=(0.9, 1.1)),
+        RandomFlip(p=0.5),
+        RandomJitter(sigma=0.005, clip=0.02),
+        ChromaticAutoContrast(p=0.2),
+        ChromaticTranslation(p=0.95, ratio=0.05),
+        ChromaticJitter(p=0.95, std=0.05),
+    ]
+    return scene_pipeline(split, grid_size, point_budget, augmentations if augment else [],
+                          [UnitColor(), Collect(feat_keys=FEAT_KEYS, optional_keys=("name", "instance"))], seed)

@@ -64,6 +64,18 @@ class LoadReport:
         """True when every key matched in name and shape."""
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def mismatch_summary(self) -> str:
+        """What did not match, for an error message: counts and the first keys of each kind."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing (first {self.missing[:3]!r})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected (first {self.unexpected[:3]!r})")
+        if self.mismatched:
+            k, a, b = self.mismatched[0]
+            parts.append(f"{len(self.mismatched)} shape mismatches (first {k!r}: checkpoint {a} vs model {b})")
+        return "; ".join(parts)
+
 
 def _read_file(path: Path) -> object:
     if path.suffix == ".safetensors":
@@ -218,16 +230,8 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> 
             usable[key] = value
     report.missing = [k for k in own if k not in state]
     if strict and not report.ok:
-        parts = []
-        if report.missing:
-            parts.append(f"{len(report.missing)} missing (first {report.missing[:3]!r})")
-        if report.unexpected:
-            parts.append(f"{len(report.unexpected)} unexpected (first {report.unexpected[:3]!r})")
-        if report.mismatched:
-            k, a, b = report.mismatched[0]
-            parts.append(f"{len(report.mismatched)} shape mismatches (first {k!r}: checkpoint {a} vs model {b})")
         raise CheckpointError(
-            f"{path}: checkpoint does not match the model, got {'; '.join(parts)}. "
+            f"{path}: checkpoint does not match the model, got {report.mismatch_summary()}. "
             "Build the model with the checkpoint's config (e.g. SCENESPLAT_CONFIG) or load with strict=False."
         )
     model.load_state_dict(usable, strict=False)

@@ -11,7 +11,6 @@ and the pooling shuffle follows `shuffle_orders` (Pointcept's pooling always shu
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +24,20 @@ from engine.models.ptv3.point import Point, build_point
 from engine.models.ptv3.pooling import POOLING_REDUCTIONS, SerializedPooling, SerializedUnpooling
 from engine.models.ptv3.serialization import (
     DEPTH_RULES,
-    SERIALIZATION_ORDERS,
     serialization_depth,
     serialize,
 )
 from engine.models.ptv3.sparse_conv import SubMConv3d, build_sparse_conv_backend
+from engine.models.ptv3.stages import (
+    BlockCheckpointing,
+    Stage,
+    add_blocks,
+    as_tuple,
+    check_flash,
+    check_orders,
+    decoder_args,
+    drop_path_rates,
+)
 
 
 class DropPath(nn.Module):
@@ -165,24 +173,7 @@ class Embedding(nn.Module):
         return point
 
 
-class Stage(nn.Module):
-    """An encoder stage (`down` then `block{i}`) or decoder stage (`up` then `block{i}`)."""
-
-    def forward(self, point: Point) -> Point:
-        for module in self.children():
-            point = module(point)
-        return point
-
-
-def _as_tuple(value: Any, n: int, name: str) -> tuple:
-    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
-    if len(values) != n:
-        raise ProfileError(f"{name}: needs {n} entries (one per stage), got {list(values)!r}. "
-                           f"Give {n} values.")
-    return values
-
-
-class PointTransformerV3(nn.Module):
+class PointTransformerV3(BlockCheckpointing, nn.Module):
     """Point Transformer V3 (PT-v3m1) with Pointcept's constructor and state-dict layout.
 
     The arguments up to `pdnorm_conditions` are Pointcept's, with Pointcept's defaults. `cls_mode`
@@ -201,6 +192,8 @@ class PointTransformerV3(nn.Module):
     Forward takes the Pointcept input dict and returns a `Point` whose `feat` is (N, dec_channels[0])
     in input row order (with `enc_mode`/`cls_mode`: the deepest level's points and features).
     """
+
+    block_type = Block
 
     def __init__(
         self,
@@ -244,28 +237,21 @@ class PointTransformerV3(nn.Module):
         if pdnorm_bn or pdnorm_ln:
             raise ProfileError(f"pdnorm_bn/pdnorm_ln: PDNorm is not supported, got pdnorm_bn={pdnorm_bn!r}, "
                                f"pdnorm_ln={pdnorm_ln!r}. Set both to False.")
-        self.order = (order,) if isinstance(order, str) else tuple(order)
-        for name in self.order:
-            if name not in SERIALIZATION_ORDERS:
-                raise ProfileError(f"order: unknown serialization order, got {name!r}. "
-                                   f"Use entries of {SERIALIZATION_ORDERS}.")
+        self.order = check_orders(order)
         if pooling not in POOLING_REDUCTIONS:
             raise ProfileError(f"pooling: unknown reduction, got {pooling!r}. Use one of {POOLING_REDUCTIONS}.")
         if serialization_depth_rule not in DEPTH_RULES:
             raise ProfileError(f"serialization_depth_rule: unknown rule, got {serialization_depth_rule!r}. "
                                f"Use one of {DEPTH_RULES}.")
-        if enable_flash and (enable_rpe or upcast_attention or upcast_softmax):
-            raise ProfileError("enable_flash: flash attention cannot use enable_rpe/upcast_attention/"
-                               f"upcast_softmax, got enable_flash={enable_flash!r}. Set enable_flash=False "
-                               "or turn the other options off.")
+        check_flash(enable_flash, enable_rpe, upcast_attention, upcast_softmax)
         self.num_stages = len(enc_depths)
         self.enc_mode = bool(enc_mode or cls_mode)
         self.shuffle_orders = shuffle_orders
         self.serialization_depth_rule = serialization_depth_rule
-        stride = _as_tuple(stride, self.num_stages - 1, "stride")
-        enc_channels = _as_tuple(enc_channels, self.num_stages, "enc_channels")
-        enc_num_head = _as_tuple(enc_num_head, self.num_stages, "enc_num_head")
-        enc_patch_size = _as_tuple(enc_patch_size, self.num_stages, "enc_patch_size")
+        stride = as_tuple(stride, self.num_stages - 1, "stride")
+        enc_channels = as_tuple(enc_channels, self.num_stages, "enc_channels")
+        enc_num_head = as_tuple(enc_num_head, self.num_stages, "enc_num_head")
+        enc_patch_size = as_tuple(enc_patch_size, self.num_stages, "enc_patch_size")
         self.conv_backend = build_sparse_conv_backend(sparse_conv_backend)
         self.attention_backend = build_attention_backend(attention_backend, enable_flash)
         block_kw = dict(
@@ -276,7 +262,7 @@ class PointTransformerV3(nn.Module):
         )
 
         self.embedding = Embedding(in_channels, enc_channels[0], self.conv_backend)
-        enc_drop = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
+        enc_drop = drop_path_rates(drop_path, enc_depths)
         self.enc = nn.Module()
         for s in range(self.num_stages):
             stage = Stage()
@@ -285,60 +271,23 @@ class PointTransformerV3(nn.Module):
                     enc_channels[s - 1], enc_channels[s], stride=stride[s - 1], reduce=pooling,
                     shuffle_orders=shuffle_orders,
                 ))
-            drops = enc_drop[sum(enc_depths[:s]) : sum(enc_depths[: s + 1])]
-            for i in range(enc_depths[s]):
-                stage.add_module(f"block{i}", Block(
-                    enc_channels[s], enc_num_head[s], enc_patch_size[s], drop_path=drops[i],
-                    order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
-                ))
+            add_blocks(stage, Block, s, enc_channels[s], enc_num_head[s], enc_patch_size[s], enc_drop[s],
+                       len(self.order), block_kw)
             self.enc.add_module(f"enc{s}", stage)
 
         if not self.enc_mode:
             n_dec = self.num_stages - 1
-            dec_depths = _as_tuple(dec_depths, n_dec, "dec_depths")
-            dec_channels = _as_tuple(dec_channels, n_dec, "dec_channels") + (enc_channels[-1],)
-            dec_num_head = _as_tuple(dec_num_head, n_dec, "dec_num_head")
-            dec_patch_size = _as_tuple(dec_patch_size, n_dec, "dec_patch_size")
-            mismatched = [s for s in range(n_dec) if dec_patch_size[s] != enc_patch_size[s]]
-            if mismatched:
-                warnings.warn(
-                    f"dec_patch_size: differs from enc_patch_size at stages {mismatched}; as in Pointcept "
-                    "the decoder reuses the encoder's patch plan, so the decoder value is ignored.",
-                    stacklevel=2,
-                )
-            dec_drop = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
+            dec_depths, dec_channels, dec_num_head, dec_patch_size = decoder_args(
+                n_dec, dec_depths, dec_channels, dec_num_head, dec_patch_size, enc_channels, enc_patch_size)
+            dec_drop = drop_path_rates(drop_path, dec_depths)
             self.dec = nn.Module()
             for s in reversed(range(n_dec)):
-                drops = dec_drop[sum(dec_depths[:s]) : sum(dec_depths[: s + 1])][::-1]
                 stage = Stage()
                 stage.add_module("up", SerializedUnpooling(dec_channels[s + 1], enc_channels[s], dec_channels[s]))
-                for i in range(dec_depths[s]):
-                    stage.add_module(f"block{i}", Block(
-                        dec_channels[s], dec_num_head[s], dec_patch_size[s], drop_path=drops[i],
-                        order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
-                    ))
+                add_blocks(stage, Block, s, dec_channels[s], dec_num_head[s], dec_patch_size[s], dec_drop[s][::-1],
+                           len(self.order), block_kw)
                 self.dec.add_module(f"dec{s}", stage)
         self.out_channels = enc_channels[-1] if self.enc_mode else dec_channels[0]
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recomputes every block in backward (torch.utils.checkpoint, use_reentrant=False, training only).
-
-        Args:
-            gradient_checkpointing_kwargs: accepted for Hugging Face/PEFT call compatibility; ignored.
-        """
-        for module in self.modules():
-            if isinstance(module, Block):
-                module.use_checkpoint = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        """Stores block activations again."""
-        for module in self.modules():
-            if isinstance(module, Block):
-                module.use_checkpoint = False
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return any(m.use_checkpoint for m in self.modules() if isinstance(m, Block))
 
     def serialize(self, point: Point) -> Point:
         """Adds `serialized_code/order/inverse/depth` to a level-0 point."""

@@ -219,22 +219,10 @@ def load_sonata_checkpoint(model: nn.Module, path: str | Path, strict: bool = Tr
         report.notes.append("the checkpoint has no LoRA weights: the model's LoRA layers keep their initialisation")
     if strict and not report.ok:
         raise CheckpointError(f"{path}: checkpoint ({layout} layout) does not match the model, got "
-                              f"{_mismatch_summary(report)}. {_mismatch_hint(report)}")
+                              f"{report.mismatch_summary()}. {_mismatch_hint(report)}")
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     return report
-
-
-def _mismatch_summary(report: SonataLoadReport) -> str:
-    parts = []
-    if report.missing:
-        parts.append(f"{len(report.missing)} missing (first {report.missing[:3]!r})")
-    if report.unexpected:
-        parts.append(f"{len(report.unexpected)} unexpected (first {report.unexpected[:3]!r})")
-    if report.mismatched:
-        k, a, b = report.mismatched[0]
-        parts.append(f"{len(report.mismatched)} shape mismatches (first {k!r}: checkpoint {a} vs model {b})")
-    return "; ".join(parts)
 
 
 def _mismatch_hint(report: SonataLoadReport) -> str:

@@ -14,19 +14,25 @@ Deliberate difference: orders are only shuffled in training mode (Pointcept also
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from engine.errors import ProfileError
 from engine.models.ptv3.attention import build_attention_backend
-from engine.models.ptv3.model import Stage, _as_tuple
 from engine.models.ptv3.point import Point, build_point
-from engine.models.ptv3.serialization import SERIALIZATION_ORDERS
 from engine.models.ptv3.sparse_conv import SubMConv3d, build_sparse_conv_backend
+from engine.models.ptv3.stages import (
+    BlockCheckpointing,
+    Stage,
+    add_blocks,
+    as_tuple,
+    check_flash,
+    check_orders,
+    decoder_args,
+    drop_path_rates,
+)
 from engine.models.sonata.blocks import Block, Embedding
 from engine.models.sonata.pooling import GridPooling, GridUnpooling, serialize_level
 
@@ -34,7 +40,7 @@ FLASH_DTYPE = torch.bfloat16
 """PT-v3m2's flash path casts qkv to bf16 (PT-v3m1/SceneSplat: fp16)."""
 
 
-class PointTransformerV3M2(nn.Module):
+class PointTransformerV3M2(BlockCheckpointing, nn.Module):
     """Point Transformer V3 as in Sonata/Concerto (Pointcept "PT-v3m2"), with Pointcept's constructor.
 
     The arguments up to `freeze_encoder` are Pointcept's, with Pointcept's defaults.
@@ -49,6 +55,8 @@ class PointTransformerV3M2(nn.Module):
     sorted by (batch, x, y, z)) whose `pooling_parent` chain leads back to level 0; otherwise level 0
     in input row order with (N, dec_channels[0]) features.
     """
+
+    block_type = Block
 
     def __init__(
         self,
@@ -84,23 +92,16 @@ class PointTransformerV3M2(nn.Module):
         attention_backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.order = (order,) if isinstance(order, str) else tuple(order)
-        for name in self.order:
-            if name not in SERIALIZATION_ORDERS:
-                raise ProfileError(f"order: unknown serialization order, got {name!r}. "
-                                   f"Use entries of {SERIALIZATION_ORDERS}.")
-        if enable_flash and (enable_rpe or upcast_attention or upcast_softmax):
-            raise ProfileError("enable_flash: flash attention cannot use enable_rpe/upcast_attention/"
-                               f"upcast_softmax, got enable_flash={enable_flash!r}. Set enable_flash=False "
-                               "or turn the other options off.")
+        self.order = check_orders(order)
+        check_flash(enable_flash, enable_rpe, upcast_attention, upcast_softmax)
         self.num_stages = len(enc_depths)
         self.enc_mode = bool(enc_mode)
         self.shuffle_orders = shuffle_orders
         self.freeze_encoder = freeze_encoder
-        stride = _as_tuple(stride, self.num_stages - 1, "stride")
-        enc_channels = _as_tuple(enc_channels, self.num_stages, "enc_channels")
-        enc_num_head = _as_tuple(enc_num_head, self.num_stages, "enc_num_head")
-        enc_patch_size = _as_tuple(enc_patch_size, self.num_stages, "enc_patch_size")
+        stride = as_tuple(stride, self.num_stages - 1, "stride")
+        enc_channels = as_tuple(enc_channels, self.num_stages, "enc_channels")
+        enc_num_head = as_tuple(enc_num_head, self.num_stages, "enc_num_head")
+        enc_patch_size = as_tuple(enc_patch_size, self.num_stages, "enc_patch_size")
         self.enc_channels = enc_channels
         self.conv_backend = build_sparse_conv_backend(sparse_conv_backend)
         self.attention_backend = build_attention_backend(attention_backend, enable_flash, flash_dtype=FLASH_DTYPE)
@@ -112,7 +113,7 @@ class PointTransformerV3M2(nn.Module):
         )
 
         self.embedding = Embedding(in_channels, enc_channels[0], mask_token=mask_token)
-        enc_drop = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
+        enc_drop = drop_path_rates(drop_path, enc_depths)
         # A container whose forward runs its stages (Pointcept's PointSequential), so the encoder can be
         # wrapped as one module, as DefaultLORASegmentorV2 does with `get_peft_model(backbone.enc, ...)`.
         self.enc = Stage()
@@ -121,39 +122,22 @@ class PointTransformerV3M2(nn.Module):
             if s > 0:
                 stage.add_module("down", GridPooling(enc_channels[s - 1], enc_channels[s], stride[s - 1],
                                                      self.order, shuffle_orders=shuffle_orders))
-            drops = enc_drop[sum(enc_depths[:s]) : sum(enc_depths[: s + 1])]
-            for i in range(enc_depths[s]):
-                stage.add_module(f"block{i}", Block(
-                    enc_channels[s], enc_num_head[s], enc_patch_size[s], drop_path=drops[i],
-                    order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
-                ))
+            add_blocks(stage, Block, s, enc_channels[s], enc_num_head[s], enc_patch_size[s], enc_drop[s],
+                       len(self.order), block_kw)
             self.enc.add_module(f"enc{s}", stage)
 
         if not self.enc_mode:
             n_dec = self.num_stages - 1
-            dec_depths = _as_tuple(dec_depths, n_dec, "dec_depths")
-            dec_channels = _as_tuple(dec_channels, n_dec, "dec_channels") + (enc_channels[-1],)
-            dec_num_head = _as_tuple(dec_num_head, n_dec, "dec_num_head")
-            dec_patch_size = _as_tuple(dec_patch_size, n_dec, "dec_patch_size")
-            mismatched = [s for s in range(n_dec) if dec_patch_size[s] != enc_patch_size[s]]
-            if mismatched:
-                warnings.warn(
-                    f"dec_patch_size: differs from enc_patch_size at stages {mismatched}; as in Pointcept "
-                    "the decoder reuses the encoder's patch plan, so the decoder value is ignored.",
-                    stacklevel=2,
-                )
-            dec_drop = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
+            dec_depths, dec_channels, dec_num_head, dec_patch_size = decoder_args(
+                n_dec, dec_depths, dec_channels, dec_num_head, dec_patch_size, enc_channels, enc_patch_size)
+            dec_drop = drop_path_rates(drop_path, dec_depths)
             self.dec = Stage()
             for s in reversed(range(n_dec)):
-                drops = dec_drop[sum(dec_depths[:s]) : sum(dec_depths[: s + 1])][::-1]
                 stage = Stage()
                 stage.add_module("up", GridUnpooling(dec_channels[s + 1], enc_channels[s], dec_channels[s],
                                                      traceable=traceable))
-                for i in range(dec_depths[s]):
-                    stage.add_module(f"block{i}", Block(
-                        dec_channels[s], dec_num_head[s], dec_patch_size[s], drop_path=drops[i],
-                        order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_kw,
-                    ))
+                add_blocks(stage, Block, s, dec_channels[s], dec_num_head[s], dec_patch_size[s], dec_drop[s][::-1],
+                           len(self.order), block_kw)
                 self.dec.add_module(f"dec{s}", stage)
         self.out_channels = enc_channels[-1] if self.enc_mode else dec_channels[0]
         self.concat_channels = sum(enc_channels) if self.enc_mode else self.out_channels
@@ -169,27 +153,6 @@ class PointTransformerV3M2(nn.Module):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def _blocks(self) -> list[Block]:
-        return [m for m in self.modules() if isinstance(m, Block)]
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recomputes every block in backward (torch.utils.checkpoint, use_reentrant=False, training only).
-
-        Args:
-            gradient_checkpointing_kwargs: accepted for Hugging Face/PEFT call compatibility; ignored.
-        """
-        for block in self._blocks():
-            block.use_checkpoint = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        """Stores block activations again."""
-        for block in self._blocks():
-            block.use_checkpoint = False
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return any(b.use_checkpoint for b in self._blocks())
 
     def forward(self, data: dict) -> Point:
         """Runs the backbone on a Pointcept input dict (see the class docstring for the result)."""
