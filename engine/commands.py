@@ -23,7 +23,7 @@ from engine.atomic import clean_stale_temporaries
 from engine.errors import CheckpointError
 from engine.families.recipe import load_recipe
 from engine.families.registry import family_entries
-from engine.lora import read_lora_checkpoint
+from engine.lora.adapter_formats import read_folder_metadata
 from engine.memory.estimate import GIB
 from engine.memory.fingerprint import hardware_fingerprint
 from engine.memory.hostram import check_host_ram
@@ -107,7 +107,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         removed = clean_stale_temporaries(folder, None if folder == out else out.name)
         for path in removed:
             console.print(f"note: removed {path}, a temporary file an interrupted merge left")
-    user = read_lora_checkpoint(adapter)[1].get("user") or {}
+    user = read_folder_metadata(adapter).get("user") or {}
     if user.get("partial"):
         console.print(f"[yellow]note:[/] {escape(str(adapter))} is a stopped run's adapter (step {user.get('step')} of "
                       f"{user.get('total_steps')}); the merged checkpoint is of that step. "

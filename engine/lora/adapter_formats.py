@@ -122,6 +122,16 @@ def read_lora_checkpoint(path: str | os.PathLike) -> tuple[LoraConfig | None, di
     return file.config, file.meta, file.tensors
 
 
+def read_folder_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The `lora3d_metadata.json` of an adapter folder of any kind (LoRA, head-only), or {} when there is none or
+    it cannot be read (then the adapter's own loading reports it)."""
+    try:
+        meta = json.loads((Path(path) / METADATA_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def read_adapter_file(path: str | os.PathLike) -> AdapterFile:
     """Read any adapter form (see the module docstring) into an `AdapterFile`.
 

@@ -11,7 +11,7 @@ from tests.memory.profiles import midi_profile, scenesplat_profile
 
 
 def test_workers_and_batch_raise_the_host_estimate():
-    few = estimate_host_ram(scenesplat_profile(100_000), device="cuda")
+    few = estimate_host_ram(scenesplat_profile(100_000, data={"num_workers": 0}), device="cuda")
     many = estimate_host_ram(scenesplat_profile(100_000, data={"num_workers": 8}), device="cuda")
     assert many.breakdown["workers"] == 8 * 300 * 1024**2 and few.breakdown["workers"] == 0
     assert many.breakdown["data_loader"] == 8 * few.breakdown["data_loader"] > 0
