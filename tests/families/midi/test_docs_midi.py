@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import shutil
 import sys
@@ -103,14 +104,18 @@ def test_every_doc_command_runs_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     with single_thread():
         for argv in doc_commands():
-            if argv[:2] == ["python", "scripts/train_lora.py"]:
-                shutil.rmtree("outputs/lora_finetune")  # the doc's alternative to `lora3d train` above
+            seed_script = argv[:2] == ["python", "scripts/train_lora.py"]
+            if seed_script:  # the doc's alternative to `lora3d train` above, into the same folder: set that run aside
+                os.replace("outputs/lora_finetune", "outputs/lora_finetune.lora3d")
             if argv[:2] == ["python", "scripts/inference_with_lora.py"]:
                 scene = sorted(p for p in Path("data/training_data").iterdir() if p.is_dir())[0]
                 shutil.copy(scene / "image.png", "test.png")
                 shutil.copy(scene / "seg.png", "mask.png")
             code = _run(_shrink(argv, tmp_path / "latents"))
             assert code == 0, argv
+            if seed_script:  # the doc's `--resume` continues the `lora3d train` run (same base), so it comes back
+                shutil.rmtree("outputs/lora_finetune")
+                os.replace("outputs/lora_finetune.lora3d", "outputs/lora_finetune")
     assert Path("runs/demo-midi/result.glb").is_file()
     assert Path("outputs/lora_finetune/adapter/adapter_model.safetensors").is_file()
     assert Path("outputs/lora_12gb/adapter").is_dir()
