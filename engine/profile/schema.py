@@ -129,7 +129,7 @@ class OutputSection(Section):
 class PreviewsSection(Section):
     """Pictures of what the model does, at step 0 and after every evaluation (`<run>/previews/step-N/`).
 
-    A family adds its own keys (e.g. MIDI's `sampling_steps`) as `preview_options`.
+    A family adds its own keys (e.g. a generator's `sampling_steps`) as `preview_options`.
     """
 
     enabled: bool = Field(default=True, description="Write previews (families that draw none say so at run start).")

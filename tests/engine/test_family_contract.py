@@ -55,7 +55,7 @@ def test_preset_and_notes_come_from_the_declared_presets(tmp_path):
     data = toy_profile_dict(tmp_path)
     data["lora"] = {"preset": "tiny"}
     recipe = resolve_recipe(data)
-    assert (recipe.profile.lora.r, recipe.profile.lora.alpha) == (2, 4.0) and not recipe.notes
+    assert (recipe.profile.lora.r, recipe.profile.lora.alpha) == (2, 4.0) and not [n for n in recipe.notes if "lora" in n]
     data["lora"] = {"preset": "tiny", "r": 3}
     noted = resolve_recipe(data)
     assert noted.profile.lora.r == 3

@@ -27,6 +27,7 @@ class PreviewToyFamily(ToyFamily):
     """The toy family with previews: each item's prediction plus seeded noise, drawn as a 16 x 16 image."""
 
     name = "toy-preview"
+    wizard = None  # registered at import: kept out of the wizard's model list (snapshots)
     slow: ClassVar[dict[str, float]] = {}
     """Test seam: seconds an item's preview sleeps."""
     broken: ClassVar[set[str]] = set()

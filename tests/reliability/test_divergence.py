@@ -39,6 +39,7 @@ class SpikyToyFamily(ToyFamily):
     """The toy family with one loss spike, for the watchdog's warning."""
 
     name = "toy-spiky"
+    wizard = None  # registered at import: kept out of the wizard's model list (snapshots)
     model_options = SpikyModelOptions
 
     def build_recipe(self, profile, notes, source):
