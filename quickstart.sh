@@ -36,7 +36,8 @@ pip_torch() {  # pip install "$@", from LORA3D_TORCH_INDEX when it is set
   if [ -n "${LORA3D_TORCH_INDEX:-}" ]; then "${PIP[@]}" --index-url "$LORA3D_TORCH_INDEX" "$@"; else "${PIP[@]}" "$@"; fi
 }
 install_torch_deps() {  # torch itself is installed (--no-deps): add its dependencies from pip's own index
-  "${PIP[@]}" "torch==$("$PY" -c 'import torch; print(torch.__version__)')"
+  # the version from the installed metadata: importing torch needs the very dependencies this installs
+  "${PIP[@]}" "torch==$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 }
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
