@@ -47,3 +47,23 @@ def test_verdict_and_message(tmp_path, capsys, packages, driver, code, text):
 def test_a_report_without_torch_is_exit_2(tmp_path, capsys):
     assert torch_build.main([str(_report(tmp_path, {"sympy": "1.14"}))]) == 2
     assert "could not read which torch" in capsys.readouterr().out
+
+
+def test_quickstart_reads_the_torch_version_without_importing_torch(tmp_path):
+    """On a fresh clone torch is installed with --no-deps first; importing it then fails (no typing_extensions),
+    so quickstart must read the version it pins the dependencies to from the package metadata."""
+    import re
+    import subprocess
+    import sys
+
+    text = (REPO / "quickstart.sh").read_text()
+    function = re.search(r"^install_torch_deps\(\) \{.*?^\}", text, re.S | re.M).group(0)
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("raise ImportError('No module named typing_extensions')\n")
+    (site / "torch-2.13.0+cpu.dist-info").mkdir()
+    (site / "torch-2.13.0+cpu.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0+cpu\n")
+    script = f'PY={sys.executable}\nPIP=(echo pip-install)\n{function}\ninstall_torch_deps\n'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pip-install torch==2.13.0+cpu"
