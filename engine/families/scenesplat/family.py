@@ -63,12 +63,14 @@ DEMO_BASE_SETTINGS: dict[str, Any] = {
 """How the demo's tiny base is pretrained (every parameter, on synthetic rooms A); its cache key hashes these."""
 
 
-def demo_base_profile(settings: dict[str, Any]) -> dict[str, Any]:
-    """The profile of the run that pretrains the demo's base: full training of a demo-tiny segmentor on rooms A."""
+def demo_base_profile(settings: dict[str, Any], family: str = "scenesplat") -> dict[str, Any]:
+    """The profile of the run that pretrains the demo's base: full training of a demo-tiny segmentor on rooms A.
+
+    `family`: the PTv3 family whose demo it is (Sonata's demo base is pretrained the same way)."""
     return {
         "schema_version": 1,
-        "name": "demo-scenesplat-base",
-        "model": {"family": "scenesplat", "task": "semseg", "backbone": "demo-tiny"},
+        "name": f"demo-{family}-base",
+        "model": {"family": family, "task": "semseg", "backbone": "demo-tiny"},
         "lora": {"method": "full"},
         "data": {"grid_size": settings["grid_size"], "synthetic_domain": settings["domain"],
                  "synthetic_train": settings["scenes"], "synthetic_val": 0, "synthetic_points": settings["num_points"],
@@ -80,10 +82,10 @@ def demo_base_profile(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def demo_base_path(settings: dict[str, Any]) -> Path:
-    """Where the demo base pretrained with `settings` is cached."""
+def demo_base_path(settings: dict[str, Any], family: str = "scenesplat") -> Path:
+    """Where `family`'s demo base pretrained with `settings` is cached."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / f"scenesplat-demo-base-{key}.pth"
+    return cache_root() / f"{family}-demo-base-{key}.pth"
 
 
 def export_base(model: nn.Module, recipe: Recipe, path: Path) -> None:
@@ -241,4 +243,5 @@ class SceneSplatFamily(Family):
         return save_ptv3_checkpoint(model.state_dict(), out, bare=bare, info={"merged_adapter": str(adapter)})
 
 
-__all__ = ["DEMO_BASE_SETTINGS", "DEMO_TINY_CONFIG", "SceneSplatFamily", "demo_base_path", "demo_base_profile"]
+__all__ = ["DEMO_BASE_SETTINGS", "DEMO_TINY_CONFIG", "SceneSplatFamily", "demo_base_path", "demo_base_profile",
+           "export_base"]

@@ -28,8 +28,9 @@ from rich.table import Table
 from engine.families.base import Prerequisite
 from engine.families.recipe import resolve_recipe
 from engine.families.scenesplat.demo import evaluate_model
+from engine.families.scenesplat.family import demo_base_path, demo_base_profile, export_base
 from engine.families.sonata.adapters import load_adapter
-from engine.families.sonata.family import DEMO_BASE_SETTINGS, demo_base_path, demo_base_profile, export_base
+from engine.families.sonata.family import DEMO_BASE_SETTINGS
 from engine.lora.inject import apply_lora_spec
 from engine.profile import read_yaml, save_profile
 from engine.train.prerequisites import ensure_prerequisite
@@ -48,7 +49,7 @@ QUICK_LORA_SETTINGS: dict[str, Any] = {"points": 1500, "grid_size": 0.07, "train
 def base_prerequisite(quick: bool = False) -> Prerequisite:
     """The demo base (full or quick settings) as a prerequisite the Trainer builds once."""
     settings = QUICK_BASE_SETTINGS if quick else DEMO_BASE_SETTINGS
-    return Prerequisite(demo_base_path(settings), demo_base_profile(settings), export_base,
+    return Prerequisite(demo_base_path(settings, "sonata"), demo_base_profile(settings, "sonata"), export_base,
                         "the demo's tiny Sonata base (every parameter trained on synthetic rooms A)")
 
 

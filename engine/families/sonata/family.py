@@ -8,15 +8,11 @@ the built-in demo in `demo`. With an empty `data.root` the family trains on the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from engine.cache import cache_root
 from engine.errors import CheckpointError
 from engine.families.base import (
     Family,
@@ -28,6 +24,9 @@ from engine.families.base import (
     WizardSpec,
 )
 from engine.families.scenesplat.data import collate_scenes
+
+# The demo base is pretrained as SceneSplat's is (a full Trainer run of a demo-tiny segmentor on rooms A).
+from engine.families.scenesplat.family import demo_base_path, demo_base_profile, export_base
 from engine.families.sonata import ENTRY, adapters, datacheck, datasets, preview
 from engine.families.sonata.memory import describe_memory
 from engine.families.sonata.options import (
@@ -59,36 +58,7 @@ DEMO_BASE_SETTINGS: dict[str, Any] = {
 }
 """How the demo's tiny base is pretrained (every parameter, on synthetic rooms A); its cache key hashes these."""
 
-__all__ = ["DEMO_BASE_SETTINGS", "SonataFamily", "demo_base_path", "demo_base_profile", "export_base"]
-
-
-def demo_base_profile(settings: dict[str, Any]) -> dict[str, Any]:
-    """The profile of the run that pretrains the demo's base: full training of a demo-tiny segmentor on rooms A."""
-    return {
-        "schema_version": 1,
-        "name": "demo-sonata-base",
-        "model": {"family": "sonata", "task": "semseg", "backbone": "demo-tiny"},
-        "lora": {"method": "full"},
-        "data": {"grid_size": settings["grid_size"], "synthetic_domain": settings["domain"],
-                 "synthetic_train": settings["scenes"], "synthetic_val": 0, "synthetic_points": settings["num_points"],
-                 "synthetic_seed": settings["seed"], "val_split": None},
-        "train": {"max_steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
-                  "warmup_steps": max(1, settings["steps"] // 10), "seed": settings["seed"], "device": "cpu",
-                  "max_grad_norm": None},
-        "previews": {"enabled": False},  # a cached prerequisite: nobody looks at its run directory
-    }
-
-
-def demo_base_path(settings: dict[str, Any]) -> Path:
-    """Where the demo base pretrained with `settings` is cached."""
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / f"sonata-demo-base-{key}.pth"
-
-
-def export_base(model: nn.Module, recipe: Recipe, path: Path) -> None:
-    """Writes a trained segmentor as Pointcept's trainer does: `{"epoch", "state_dict"}` (weights_only loads it)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"epoch": recipe.profile.train.max_steps, "state_dict": state}, path)
+__all__ = ["DEMO_BASE_SETTINGS", "SonataFamily"]
 
 
 class SonataFamily(Family):
@@ -123,7 +93,7 @@ class SonataFamily(Family):
         model, lora = profile.model, profile.lora
         pretrained = model.pretrained
         if pretrained is None and model.demo_base:
-            pretrained = demo_base_path(DEMO_BASE_SETTINGS)
+            pretrained = demo_base_path(DEMO_BASE_SETTINGS, "sonata")
         options = resolve_options(profile, pretrained)
         if pretrained is None:
             notes.append("`model.pretrained` is empty: the base is randomly initialised (smoke tests only)")
@@ -147,7 +117,7 @@ class SonataFamily(Family):
         model = recipe.profile.model
         if model.pretrained is not None or not model.demo_base:
             return []
-        return [Prerequisite(demo_base_path(DEMO_BASE_SETTINGS), demo_base_profile(DEMO_BASE_SETTINGS), export_base,
+        return [Prerequisite(demo_base_path(DEMO_BASE_SETTINGS, "sonata"), demo_base_profile(DEMO_BASE_SETTINGS, "sonata"), export_base,
                              "the demo's tiny Sonata base (every parameter trained on synthetic rooms A)")]
 
     def build_model(self, recipe: Recipe) -> nn.Module:
