@@ -74,10 +74,13 @@ class Measurement:
 def probe_profile(trial: Recipe, device: str, steps: int, run_dir: Path) -> dict[str, Any]:
     """The candidate's resolved profile, set up for the probe: `steps` steps of one micro-batch each (the peak
     does not depend on accumulation), on `device`, with no out-of-memory recovery (an OOM must fail the
-    candidate, not halve it), no evaluation or checkpoint schedule, into a temporary run directory."""
+    candidate, not halve it), no evaluation or checkpoint schedule, no previews (the step-0 round samples
+    before the measured steps, and the heap it leaves resident hides the steps' peak on a CPU), into a
+    temporary run directory."""
     data = trial.profile.to_yaml_dict()
     data["train"].update(max_steps=steps, grad_accum=1, oom_recovery=False, eval_every=None, checkpoint_every=None,
                          device=device)
+    data.setdefault("previews", {})["enabled"] = False
     data["output"].update(dir=str(run_dir), tensorboard=False)
     return data
 
