@@ -144,12 +144,15 @@ class PreviewItem:
     Attributes:
         name: the file stem of its pictures (`previews/step-N/<name>.png`): a scene name, unique in a round.
         split: `val` or `train`, for messages.
+        cache: what the family's `preview` keeps from one round to the next: parts that training does not
+            change (MIDI: the frozen VAE's ground-truth mesh and its render), drawn once per run.
     """
 
     name: str
     dataset: Any
     index: int
     split: str = "val"
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass

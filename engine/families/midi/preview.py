@@ -5,8 +5,8 @@
   mesh grid as the Chamfer evaluation: `data.eval_guidance_scale`, `data.eval_octree_resolution`), the noise
   seeded by `previews.seed` and the item, written as `<item>.glb` (one named mesh per instance) and drawn by
   the software rasteriser: the input image, the ground truth (the frozen VAE's mesh of the ground-truth
-  latents, so it shows what the DiT can reach) and the prediction from the same camera, then a turntable of
-  the prediction.
+  latents, so it shows what the DiT can reach; extracted and drawn once per run, in the item's cache) and the
+  prediction from the same camera, then a turntable of the prediction.
 - `draw_data_preview`: one training scene as prepared: its image, its instance id map and every instance's
   surface points.
 """
@@ -91,7 +91,6 @@ def draw_preview(recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Pa
     batch = send_to_device(recipe.family.collate([dataset[item.index]]), device)
     real = int(batch["num_instances"][0])
     clip, dino = batch_conditions(model, batch)
-    mean, _ = batch_posterior(model, batch, profile.model.num_tokens)
     rows = slice(0, real)  # the first `real` slots are the scene's own instances, the rest padding
     generator = torch.Generator().manual_seed(seed * 1_000_003 + item.index)
     latents = generate_latents(model, clip[rows] if clip is not None else None, dino[rows], profile.model.num_tokens,
@@ -99,22 +98,25 @@ def draw_preview(recipe: Recipe, model: nn.Module, item: PreviewItem, folder: Pa
     vae = frozen_parts(model).vae
     vae_dtype = next(vae.parameters()).dtype
     meshes = extract_mesh(vae, latents.to(vae_dtype), octree_resolution=data.eval_octree_resolution)
-    truth = extract_mesh(vae, mean[rows].to(vae_dtype), octree_resolution=data.eval_octree_resolution)
     found = sum(len(m.faces) > 0 for m in meshes)
     glb = None
     if found:
         glb = write_scene(meshes, [f"instance_{i:03d}" for i in range(real)], folder / f"{item.name}.glb")
-    # One camera distance for every view, fitted to the ground truth, so sizes compare across panels and steps.
-    radius = max((float(np.linalg.norm(m.vertices, axis=1).max()) for m in truth if len(m.faces)), default=1.0)
-    distance = radius / np.sin(np.radians(20.0)) * 1.05
+    if not item.cache:  # the VAE is frozen: the ground truth and its panels are the same every round
+        mean, _ = batch_posterior(model, batch, profile.model.num_tokens)
+        truth = extract_mesh(vae, mean[rows].to(vae_dtype), octree_resolution=data.eval_octree_resolution)
+        # One camera distance for every view, fitted to the ground truth, so sizes compare across panels and steps.
+        radius = max((float(np.linalg.norm(m.vertices, axis=1).max()) for m in truth if len(m.faces)), default=1.0)
+        item.cache["distance"] = radius / np.sin(np.radians(20.0)) * 1.05
+        item.cache["image"] = _image(load_prepared_scene(dataset.scenes[item.index].folder).image)
+        item.cache["truth"] = render_scene(truth, PANEL_PX, ELEVATION_DEG, 0.0, distance=item.cache["distance"])[0]
 
     def view(shapes: list, azimuth: float) -> np.ndarray:
-        return render_scene(shapes, PANEL_PX, ELEVATION_DEG, azimuth, distance=distance)[0]
+        return render_scene(shapes, PANEL_PX, ELEVATION_DEG, azimuth, distance=item.cache["distance"])[0]
 
-    scene = load_prepared_scene(dataset.scenes[item.index].folder)
     title = (f"{item.name}: step {step}, {previews.sampling_steps} sampling steps, seed {seed} "
              f"({found} of {real} instances have a surface)")
-    first = compose_figure([("input image", _image(scene.image)), ("ground truth (VAE mesh)", view(truth, 0.0)),
+    first = compose_figure([("input image", item.cache["image"]), ("ground truth (VAE mesh)", item.cache["truth"]),
                             ("prediction", view(meshes, 0.0))], title)
     turntable = compose_figure([(f"prediction, {a:g} deg", view(meshes, a)) for a in TURNTABLE_DEG], "turntable")
     png = write_png(_stack([first, turntable]), folder / f"{item.name}.png")

@@ -9,6 +9,7 @@ from midi_helpers import midi_env_fixture, midi_profile, one_thread_fixture  # n
 from PIL import Image
 
 from engine.errors import ProfileError
+from engine.families.midi import preview
 from engine.train.events import read_events
 from engine.train.trainer import train
 
@@ -42,6 +43,17 @@ def test_previews_generate_scenes_and_are_identical_on_rerun(midi_env, tmp_path)
             rel = r["items"][0][key]
             if rel is not None:
                 assert (tmp_path / "b" / "run" / rel).read_bytes() == (run / rel).read_bytes()
+
+
+def test_the_ground_truth_mesh_is_extracted_once_per_run(midi_env, tmp_path, monkeypatch):
+    """Marching cubes dominate a round's cost; the frozen VAE's ground truth is the same every round."""
+    calls = []
+    real = preview.extract_mesh
+    monkeypatch.setattr(preview, "extract_mesh", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    sections = {**SECTIONS, "train": {"max_steps": 4, "eval_every": 2}}
+    train(midi_profile(midi_env, tmp_path, **sections), install_signal_handlers=False)
+    assert [r["step"] for r in _rounds(tmp_path / "run")] == [0, 2, 4]
+    assert len(calls) == 3 + 1  # a prediction per round, the ground truth once
 
 
 def test_vae_task_and_sampling_steps_key(midi_env, tmp_path):
