@@ -8,6 +8,7 @@ own seconds (the sum of the `preview` events' `seconds`), the rounds drawn, and 
 (goal: <= 1.10, previews cost at most 10% of a demo run).
 
     python scripts/bench/bench_previews.py              # 2 pairs per demo
+    python scripts/bench/bench_previews.py --pairs 5    # the figures in docs/benchmarks.md (a noisy machine)
     python scripts/bench/bench_previews.py --quick      # 1 pair per demo
     python scripts/bench/bench_previews.py --smoke      # random tiny bases, 4 steps, no warm-up: does it run?
 """
@@ -74,11 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one pair of runs per demo")
     parser.add_argument("--smoke", action="store_true", help="random tiny bases, 4 steps, one pair")
+    parser.add_argument("--pairs", type=int, default=2, help="off/on pairs per demo (more: less noise; default 2)")
     parser.add_argument("--only", choices=sorted(DEMOS), help="one demo")
     parser.add_argument("--out-dir", type=Path, default=None, help="keep the run directories here")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
-    pairs = 1 if args.quick or args.smoke else 2
+    pairs = 1 if args.quick or args.smoke else args.pairs
     overrides = SMOKE if args.smoke else []
     machine = common.describe_machine()
     print(common.format_machine(machine), flush=True)

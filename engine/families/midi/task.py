@@ -253,12 +253,22 @@ CHAMFER_MISSING = 1.0
 
 
 @torch.no_grad()
+def reference_points(model: nn.Module, gt_latents: torch.Tensor, count: int, octree_resolution: int,
+                     seed: int) -> list[np.ndarray | None]:
+    """`count` surface points of the frozen VAE's mesh of each instance's ground-truth latents (n, T, C);
+    None where that mesh has no surface."""
+    vae = frozen_parts(model).vae
+    meshes = extract_mesh(vae, gt_latents.to(next(vae.parameters()).dtype), octree_resolution=octree_resolution)
+    return [mesh_surface_points(mesh, count, seed + index) for index, mesh in enumerate(meshes)]
+
+
+@torch.no_grad()
 def scene_chamfer(
     model: nn.Module,
     clip: torch.Tensor | None,  # (n, 1, Dc)
     dino: torch.Tensor,  # (n, M, Dd)
     gt_points: torch.Tensor,  # (n, G, 3)
-    gt_latents: torch.Tensor,  # (n, T, C) posterior means of the ground truth
+    references: list[np.ndarray | None],  # n x (G, 3): `reference_points` of the ground truth
     num_tokens: int,
     steps: int,
     guidance_scale: float,
@@ -277,12 +287,10 @@ def scene_chamfer(
     generator = torch.Generator().manual_seed(seed)
     latents = generate_latents(model, clip, dino, num_tokens, steps, guidance_scale, generator)
     meshes = extract_mesh(frozen.vae, latents.to(vae_dtype), octree_resolution=octree_resolution)
-    references = extract_mesh(frozen.vae, gt_latents.to(vae_dtype), octree_resolution=octree_resolution)
     to_gt, to_recon, found = [], [], 0
     count = gt_points.shape[1]
-    for index, (mesh, reference) in enumerate(zip(meshes, references)):
+    for index, (mesh, recon) in enumerate(zip(meshes, references)):
         points = mesh_surface_points(mesh, count, seed + index)
-        recon = mesh_surface_points(reference, count, seed + index)
         if points is None:
             to_gt.append(CHAMFER_MISSING)
             to_recon.append(CHAMFER_MISSING)
@@ -307,9 +315,14 @@ class EvalSettings:
 
 
 @torch.no_grad()
-def evaluate_scenes(model: nn.Module, batches: Any, num_tokens: int, settings: EvalSettings,
-                    with_chamfer: bool) -> dict[str, float]:
-    """Validation loss on the fixed sigma grid and, when asked, Chamfer distance of a few generated scenes."""
+def evaluate_scenes(model: nn.Module, batches: Any, num_tokens: int, settings: EvalSettings, with_chamfer: bool,
+                    references: dict[tuple[str, int], list[np.ndarray | None]] | None = None) -> dict[str, float]:
+    """Validation loss on the fixed sigma grid and, when asked, Chamfer distance of a few generated scenes.
+
+    `references` keeps each Chamfer scene's `reference_points` across evaluations (the VAE is frozen, so they
+    do not change, and their marching cubes cost as much as the generated scene's); None: computed each time.
+    """
+    references = {} if references is None else references
     total, count = 0.0, 0
     distances: list[float] = []
     recon_distances: list[float] = []
@@ -329,10 +342,15 @@ def evaluate_scenes(model: nn.Module, batches: Any, num_tokens: int, settings: E
             if scenes_done >= settings.chamfer_scenes:
                 break
             rows = slice(scene * slots, scene * slots + real)
+            seed = settings.seed + scenes_done
+            key = (batch["scenes"][scene], seed)
+            if key not in references:
+                references[key] = reference_points(model, mean[rows], batch["gt_points"].shape[1],
+                                                   settings.octree_resolution, seed)
             d, r, f = scene_chamfer(
-                model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows], mean[rows],
-                num_tokens, settings.sample_steps, settings.guidance_scale, settings.octree_resolution,
-                seed=settings.seed + scenes_done,
+                model, clip[rows] if clip is not None else None, dino[rows], batch["gt_points"][rows],
+                references[key], num_tokens, settings.sample_steps, settings.guidance_scale,
+                settings.octree_resolution, seed=seed,
             )
             distances.extend(d)
             recon_distances.extend(r)
@@ -364,6 +382,7 @@ class FlowTask:
     primary_metric: str = "val_loss"
     greater_is_better: bool = False
     _evals: list = field(default_factory=list, compare=False, repr=False)  # one entry per evaluation so far
+    _references: dict = field(default_factory=dict, compare=False, repr=False)  # evaluate_scenes' references
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         loss, metrics = flow_loss(model, batch, self.num_tokens, self.cfg_dropout, self.logit_mean, self.logit_std,
@@ -376,4 +395,4 @@ class FlowTask:
         if with_chamfer is None:
             with_chamfer = self.chamfer_every > 0 and len(self._evals) % self.chamfer_every == 0
         self._evals.append(with_chamfer)
-        return evaluate_scenes(model, batches, self.num_tokens, self.eval, with_chamfer)
+        return evaluate_scenes(model, batches, self.num_tokens, self.eval, with_chamfer, self._references)

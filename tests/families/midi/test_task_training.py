@@ -9,8 +9,9 @@ import torch
 from midi_helpers import midi_env_fixture, midi_profile, one_thread_fixture  # noqa: F401
 from safetensors.torch import load_file
 
+from engine.families.midi import task as midi_task
 from engine.families.midi.family import MidiFamily
-from engine.families.midi.task import chamfer_distance
+from engine.families.midi.task import chamfer_distance, evaluate_scenes
 from engine.lora import load_lora_checkpoint
 from engine.models.dit import TripoSGDiTModel
 from engine.train.trainer import Trainer, TrainerHooks, train
@@ -73,6 +74,23 @@ def test_evaluation_is_deterministic_and_reports_chamfer(midi_env, tmp_path):
     assert first["val_loss"] > 0 and first["val_chamfer"] > 0 and 0 <= first["val_surface_found"] <= 1
     assert first["val_chamfer_recon"] >= 0
     assert "val_chamfer" not in profile.task.evaluate(model, batches(), with_chamfer=False)
+
+
+def test_the_ground_truth_reference_is_meshed_once_per_run_and_changes_no_number(midi_env, tmp_path, monkeypatch):
+    """The frozen VAE's mesh of the ground truth is the same at every evaluation: kept, not re-extracted."""
+    profile = midi_profile(midi_env, tmp_path, data={"eval_chamfer_every": 1, "eval_chamfer_scenes": 1,
+                                                     "eval_sample_steps": 2, "eval_octree_resolution": 12})
+    family = MidiFamily()
+    model = family.build_model(profile).eval()
+    _, val = family.build_datasets(profile)
+    batches = [family.collate([val[i] for i in range(len(val))])]
+    fresh = evaluate_scenes(model, batches, profile.task.num_tokens, profile.task.eval, True)  # nothing kept
+    calls = []
+    real = midi_task.extract_mesh
+    monkeypatch.setattr(midi_task, "extract_mesh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runs = [profile.task.evaluate(model, batches, with_chamfer=True) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2] == fresh
+    assert len(calls) == 3 + 1  # a generated scene per evaluation, the reference once
 
 
 def test_chamfer_distance_is_zero_for_identical_sets_and_grows_with_offset():
