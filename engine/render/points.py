@@ -147,6 +147,26 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """`text` in lines of at most `width` pixels, broken between words (a word wider than a line is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(_fit(draw, word, font, width))
+    return lines or [""]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> str:
+    """`text`, shortened with an ellipsis to at most `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def compose_figure(
     panels: Sequence[tuple[str, np.ndarray]],
     title: str,
@@ -165,30 +185,33 @@ def compose_figure(
     h = max(p.shape[0] for _, p in panels)
     legend_w = 260 if (legend or colorbar) else 0
     width = sum(p.shape[1] for _, p in panels) + 10 * (len(panels) + 1) + legend_w
-    height = h + 80
-    figure = Image.new("RGB", (width, max(height, 60 + 22 * len(legend))), BACKGROUND)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(draw, title, font, width - 20)
+    top = 60 + 22 * (len(lines) - 1)  # the panels' top edge, below the title's lines
+    figure = Image.new("RGB", (width, max(top + h + 20, top + 22 * len(legend))), BACKGROUND)
     draw = ImageDraw.Draw(figure)
-    draw.text((10, 8), title, fill=(0, 0, 0), font=font)
+    for i, line in enumerate(lines):
+        draw.text((10, 8 + 22 * i), line, fill=(0, 0, 0), font=font)
     x = 10
     for caption, panel in panels:
-        figure.paste(Image.fromarray(panel), (x, 60))
-        draw.rectangle([x - 1, 59, x + panel.shape[1], 60 + panel.shape[0]], outline=(200, 200, 200))
-        draw.text((x, 38), caption, fill=(60, 60, 60), font=small)
+        figure.paste(Image.fromarray(panel), (x, top))
+        draw.rectangle([x - 1, top - 1, x + panel.shape[1], top + panel.shape[0]], outline=(200, 200, 200))
+        draw.text((x, top - 22), caption, fill=(60, 60, 60), font=small)
         x += panel.shape[1] + 10
     if legend:
         for i, (label, color) in enumerate(legend):
-            y = 60 + 22 * i
+            y = top + 22 * i
             draw.rectangle([x, y, x + 16, y + 16], fill=tuple(int(c) for c in color), outline=(0, 0, 0))
-            draw.text((x + 24, y), label, fill=(0, 0, 0), font=small)
+            draw.text((x + 24, y), _fit(draw, label, small, legend_w - 34), fill=(0, 0, 0), font=small)
     elif colorbar is not None:
         low, high, caption = colorbar
         bar_h = h - 40
         ramp = heat_colors(np.linspace(high, low, bar_h), low, high)  # top = high
-        figure.paste(Image.fromarray(np.repeat(ramp[:, None, :], 24, axis=1)), (x, 80))
-        draw.rectangle([x - 1, 79, x + 24, 80 + bar_h], outline=(0, 0, 0))
-        draw.text((x + 32, 74), f"{high:.3g}", fill=(0, 0, 0), font=small)
-        draw.text((x + 32, 70 + bar_h), f"{low:.3g}", fill=(0, 0, 0), font=small)
-        draw.text((x, 56), caption, fill=(0, 0, 0), font=small)
+        figure.paste(Image.fromarray(np.repeat(ramp[:, None, :], 24, axis=1)), (x, top + 20))
+        draw.rectangle([x - 1, top + 19, x + 24, top + 20 + bar_h], outline=(0, 0, 0))
+        draw.text((x + 32, top + 14), f"{high:.3g}", fill=(0, 0, 0), font=small)
+        draw.text((x + 32, top + 10 + bar_h), f"{low:.3g}", fill=(0, 0, 0), font=small)
+        draw.text((x, top - 4), caption, fill=(0, 0, 0), font=small)
     return figure
 
 

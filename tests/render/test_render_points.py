@@ -59,3 +59,18 @@ def test_the_figure_holds_both_views_and_the_legend(tmp_path, legend):
         assert (pixels == (1, 2, 3)).all(axis=2).any() and (pixels == (4, 5, 6)).all(axis=2).any()
     path = write_png(figure, tmp_path / "f.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_long_title_wraps_inside_the_figure_and_long_labels_are_shortened():
+    """The MIDI preview's title ran past the figure's right edge: text must stay inside, every word shown."""
+    panel = np.full((64, 64, 3), 255, dtype=np.uint8)
+    short = compose_figure([("a", panel), ("b", panel)], "short")
+    title = "scene_0000: step 120, 4 sampling steps, seed 0 (1 of 3 instances have a surface)"
+    long = compose_figure([("a", panel), ("b", panel)], title,
+                          legend=[("a class name far too long for the legend's column", (1, 2, 3))])
+    assert long.size[0] == short.size[0] + 260 and long.size[1] > short.size[1]  # extra title lines, same width
+    pixels = np.asarray(long)
+    ink = ~(pixels == pixels[0, 0]).all(axis=2)  # anything not background
+    assert not ink[:, -8:].any()  # nothing drawn at the right edge: the title wrapped, the label was cut
+    outline = np.argwhere((pixels[:, 9] == (200, 200, 200)).all(axis=1))[:, 0]  # the first panel's left border
+    assert outline.min() > 60  # the panels moved down below the title's lines
