@@ -94,6 +94,13 @@ def export_base(model: nn.Module, recipe: Recipe, path: Path) -> None:
     torch.save({"epoch": recipe.profile.train.max_steps, "state_dict": state}, path)
 
 
+def demo_base_prerequisite(settings: dict[str, Any], family: str = "scenesplat") -> Prerequisite:
+    """`family`'s demo base pretrained with `settings`, as a prerequisite the Trainer builds once and caches."""
+    label = "" if family == "scenesplat" else f"{family.capitalize()} "
+    return Prerequisite(demo_base_path(settings, family), demo_base_profile(settings, family), export_base,
+                        f"the demo's tiny {label}base (every parameter trained on synthetic rooms A)")
+
+
 class SceneSplatFamily(Family):
     """SceneSplat's PTv3 over Gaussian splats: semantic segmentation or language-feature distillation."""
 
@@ -151,8 +158,7 @@ class SceneSplatFamily(Family):
         model = recipe.profile.model
         if model.pretrained is not None or not model.demo_base:
             return []
-        return [Prerequisite(demo_base_path(DEMO_BASE_SETTINGS), demo_base_profile(DEMO_BASE_SETTINGS), export_base,
-                             "the demo's tiny base (every parameter trained on synthetic rooms A)")]
+        return [demo_base_prerequisite(DEMO_BASE_SETTINGS)]
 
     def build_model(self, recipe: Recipe) -> nn.Module:
         options = recipe.options
@@ -243,5 +249,5 @@ class SceneSplatFamily(Family):
         return save_ptv3_checkpoint(model.state_dict(), out, bare=bare, info={"merged_adapter": str(adapter)})
 
 
-__all__ = ["DEMO_BASE_SETTINGS", "DEMO_TINY_CONFIG", "SceneSplatFamily", "demo_base_path", "demo_base_profile",
-           "export_base"]
+__all__ = ["DEMO_BASE_SETTINGS", "DEMO_TINY_CONFIG", "SceneSplatFamily", "demo_base_path", "demo_base_prerequisite",
+           "demo_base_profile", "export_base"]

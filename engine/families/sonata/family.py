@@ -26,7 +26,7 @@ from engine.families.base import (
 from engine.families.scenesplat.data import collate_scenes
 
 # The demo base is pretrained as SceneSplat's is (a full Trainer run of a demo-tiny segmentor on rooms A).
-from engine.families.scenesplat.family import demo_base_path, demo_base_profile, export_base
+from engine.families.scenesplat.family import demo_base_path, demo_base_prerequisite
 from engine.families.sonata import ENTRY, adapters, datacheck, datasets, preview
 from engine.families.sonata.memory import describe_memory
 from engine.families.sonata.options import (
@@ -117,8 +117,7 @@ class SonataFamily(Family):
         model = recipe.profile.model
         if model.pretrained is not None or not model.demo_base:
             return []
-        return [Prerequisite(demo_base_path(DEMO_BASE_SETTINGS, "sonata"), demo_base_profile(DEMO_BASE_SETTINGS, "sonata"), export_base,
-                             "the demo's tiny Sonata base (every parameter trained on synthetic rooms A)")]
+        return [demo_base_prerequisite(DEMO_BASE_SETTINGS, "sonata")]
 
     def build_model(self, recipe: Recipe) -> nn.Module:
         options = recipe.options
