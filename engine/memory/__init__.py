@@ -5,33 +5,28 @@ Names are imported lazily so that `engine.hardware` (the wizard's first screen) 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from engine.lazy_exports import lazy_exports
 
-_NAMES = {
-        "TierRecommendation": "engine.memory.tiers",
-    "recommend_tier": "engine.memory.tiers",
-    "tier_for_memory": "engine.memory.tiers",
-    "Estimate": "engine.memory.estimate",
-    "estimate_recipe": "engine.memory.estimate",
-    "estimate_description": "engine.memory.estimate",
-    "Plan": "engine.memory.plan",
-    "Recommendation": "engine.memory.plan",
-    "plan_recipe": "engine.memory.plan",
-    "fake_hardware": "engine.memory.plan",
-    "Candidate": "engine.memory.probe",
-    "Measurement": "engine.memory.probe",
-    "probe_recipe": "engine.memory.probe",
-    "HostRamEstimate": "engine.memory.hostram",
-    "estimate_host_ram": "engine.memory.hostram",
-    "check_host_ram": "engine.memory.hostram",
-    "levers_message": "engine.memory.oom",
+_EXPORTS = {
+    "TierRecommendation": "tiers",
+    "recommend_tier": "tiers",
+    "tier_for_memory": "tiers",
+    "Estimate": "estimate",
+    "estimate_recipe": "estimate",
+    "estimate_description": "estimate",
+    "Plan": "plan",
+    "Recommendation": "plan",
+    "plan_recipe": "plan",
+    "fake_hardware": "plan",
+    "Candidate": "probe",
+    "Measurement": "probe",
+    "probe_recipe": "probe",
+    "HostRamEstimate": "hostram",
+    "estimate_host_ram": "hostram",
+    "check_host_ram": "hostram",
+    "levers_message": "oom",
 }
 
-__all__ = sorted(_NAMES)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'engine.memory' has no attribute {name!r}")
-    return getattr(importlib.import_module(_NAMES[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,11 +6,9 @@ diffusers and the models.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from engine.families.entry import CliCommand, FamilyEntry
 from engine.families.midi.commands import infer_arguments, prepare_mesh_arguments
+from engine.lazy_exports import lazy_exports
 
 ENTRY = FamilyEntry(
     name="midi",
@@ -35,8 +33,4 @@ _EXPORTS = {"MidiDataOptions": "options", "MidiFamily": "family", "MidiModelOpti
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
