@@ -414,7 +414,8 @@ class Family:
 
         Called by `engine.train.previews` in eval mode without gradients, on a forked RNG, under the run's
         autocast; the same model, item and seed must give the same picture. Files are written whole (the
-        trainer publishes the folder atomically).
+        trainer publishes the folder atomically). What does not change while training (a frozen part's output
+        on the item) can be drawn once and kept in `item.cache`.
 
         Args:
             model: the model being trained (adapter active), on its device.
