@@ -185,10 +185,7 @@ DEMO = SegmentationDemo(
     quick_run={"points": 1200, "grid_size": 0.08, "train": 4, "val": 3, "steps": 16, "lr": 0.006},
     load_adapter=load_adapter,
 )
-"""The SceneSplat demo; `run_demo`, `ensure_demo_base` and `demo_profile_data` are its methods."""
+"""The SceneSplat demo; `run_demo` (the family's ENTRY) and `ensure_demo_base` are its methods."""
 
-DEMO_PROFILE = DEMO.profile
 run_demo = DEMO.run
 ensure_demo_base = DEMO.ensure_base
-base_prerequisite = DEMO.base_prerequisite
-demo_profile_data = DEMO.profile_data

@@ -96,9 +96,8 @@ def export_base(model: nn.Module, recipe: Recipe, path: Path) -> None:
 
 def demo_base_prerequisite(settings: dict[str, Any], family: str = "scenesplat") -> Prerequisite:
     """`family`'s demo base pretrained with `settings`, as a prerequisite the Trainer builds once and caches."""
-    label = "" if family == "scenesplat" else f"{family.capitalize()} "
     return Prerequisite(demo_base_path(settings, family), demo_base_profile(settings, family), export_base,
-                        f"the demo's tiny {label}base (every parameter trained on synthetic rooms A)")
+                        f"the {family} demo's tiny base (every parameter trained on synthetic rooms A)")
 
 
 class SceneSplatFamily(Family):

@@ -34,10 +34,7 @@ DEMO = SegmentationDemo(
     one_thread=True,
     trained="LoRA + head",
 )
-"""The Sonata demo; `run_demo`, `ensure_demo_base` and `demo_profile_data` are its methods."""
+"""The Sonata demo; `run_demo` (the family's ENTRY) and `ensure_demo_base` are its methods."""
 
-DEMO_PROFILE = DEMO.profile
 run_demo = DEMO.run
 ensure_demo_base = DEMO.ensure_base
-base_prerequisite = DEMO.base_prerequisite
-demo_profile_data = DEMO.profile_data
